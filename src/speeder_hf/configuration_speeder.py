@@ -1,0 +1,159 @@
+"""Configuration of a Speeder sequential recommender (a causal LM plus MRC and SPAE)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+DEFAULT_MODALITIES = ("text", "image", "id")
+DEFAULT_MODALITY_DIMS = (384, 1280, 64)
+PROMPT_STYLES = ("speeder", "llara", "text")
+ANSWER_MODES = ("index", "title")
+
+
+def _letters(n: int) -> list[str]:
+    return [chr(ord("A") + i) for i in range(n)]
+
+
+class SpeederConfig(PretrainedConfig):
+    r"""Configuration of [`SpeederForSequentialRec`].
+
+    Args:
+        text_config (`PretrainedConfig` or `dict`, *optional*):
+            Config of the wrapped causal LM (any `AutoModelForCausalLM` architecture). Defaults to a Llama config.
+        modalities (`Sequence[str]`):
+            Ordered modality names. Kept as a list because configs serialise with sorted keys, and the MRC gate
+            depends on the order.
+        modality_dims (`Sequence[int]`):
+            Feature size of each modality, in the order of `modalities`.
+        num_items (`int`):
+            Rows of the item feature table held by the model (the catalog size); 0 means no table, so item
+            features must be passed explicitly.
+        mrc_hidden_size (`int`):
+            Hidden size of each modality expert (Linear -> GELU -> Linear).
+        num_item_tokens (`int`):
+            Soft tokens per item ("an item is worth one token" is 1).
+        mrc_gate (`bool`):
+            Learn a gate over modalities; when False the experts of the available modalities are averaged.
+        gate_hidden_size (`int`):
+            Hidden size of the gate MLP.
+        mrc_aux_loss_weight (`float`):
+            Weight of the gate load-balancing loss added to the LM loss (0 turns it off).
+        item_token_norm (`float`, *optional*):
+            L2 norm that compressed item tokens are rescaled to, normally the mean norm of the LLM's token
+            embeddings (set by `SpeederForSequentialRec.from_llm`).
+        max_history_len (`int`):
+            Most recent history items kept in a prompt, and the number of position tokens.
+        spae_absolute (`bool`):
+            Write `<|pos_i|>` before history item i, with trained embeddings.
+        spae_relative (`bool`):
+            Add a learned recency embedding (distance to the prediction point) to each history item token.
+        num_time_buckets (`int`):
+            When > 0, also add an embedding of the bucketed time gap to each history item token.
+        prompt_style (`str`):
+            One of `"speeder"`, `"llara"`, `"text"`.
+        answer_mode (`str`):
+            `"index"` (one label token per candidate, scored in one pass) or `"title"` (the title is generated).
+        num_candidates (`int`):
+            Candidates per sample, target included.
+        item_token (`str`):
+            Placeholder whose input embedding is replaced by an item's compressed token.
+        position_token_template (`str`):
+            Format string of the absolute position tokens.
+        label_tokens (`Sequence[str]`, *optional*):
+            Candidate labels; each `" " + label` must be a single token. Defaults to `A`, `B`, ...
+        item_token_id, position_token_ids, label_token_ids:
+            Token ids, recorded by `add_speeder_tokens` and checked against the tokenizer at load.
+    """
+
+    model_type = "speeder"
+    sub_configs = {"text_config": AutoConfig}
+
+    def __init__(
+        self,
+        text_config: PretrainedConfig | dict | None = None,
+        modalities: Sequence[str] = DEFAULT_MODALITIES,
+        modality_dims: Sequence[int] = DEFAULT_MODALITY_DIMS,
+        num_items: int = 0,
+        mrc_hidden_size: int = 1024,
+        num_item_tokens: int = 1,
+        mrc_gate: bool = True,
+        gate_hidden_size: int = 128,
+        mrc_aux_loss_weight: float = 0.0,
+        item_token_norm: float | None = None,
+        max_history_len: int = 20,
+        spae_absolute: bool = True,
+        spae_relative: bool = True,
+        num_time_buckets: int = 0,
+        prompt_style: str = "speeder",
+        answer_mode: str = "index",
+        num_candidates: int = 20,
+        item_token: str = "<item>",
+        position_token_template: str = "<|pos_{}|>",
+        label_tokens: Sequence[str] | None = None,
+        item_token_id: int | None = None,
+        position_token_ids: Sequence[int] | None = None,
+        label_token_ids: Sequence[int] | None = None,
+        **kwargs: Any,
+    ):
+        if isinstance(text_config, dict):
+            text_config = dict(text_config)
+            text_config = CONFIG_MAPPING[text_config.pop("model_type", "llama")](**text_config)
+        elif text_config is None:
+            text_config = CONFIG_MAPPING["llama"]()
+        self.text_config = text_config
+
+        modalities, modality_dims = list(modalities), [int(d) for d in modality_dims]
+        if len(modalities) != len(modality_dims):
+            raise ValueError(f"modalities {modalities} and modality_dims {modality_dims} differ in length.")
+        if len(set(modalities)) != len(modalities):
+            raise ValueError(f"modalities must be unique, got {modalities}.")
+        if prompt_style not in PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}.")
+        if answer_mode not in ANSWER_MODES:
+            raise ValueError(f"answer_mode must be one of {ANSWER_MODES}, got {answer_mode!r}.")
+        if num_item_tokens < 1:
+            raise ValueError(f"num_item_tokens must be >= 1, got {num_item_tokens}.")
+        label_tokens = list(label_tokens) if label_tokens is not None else _letters(num_candidates)
+        if len(label_tokens) < num_candidates:
+            raise ValueError(f"{num_candidates} candidates need as many label_tokens, got {len(label_tokens)}.")
+
+        self.modalities = modalities
+        self.modality_dims = modality_dims
+        self.num_items = num_items
+        self.mrc_hidden_size = mrc_hidden_size
+        self.num_item_tokens = num_item_tokens
+        self.mrc_gate = mrc_gate
+        self.gate_hidden_size = gate_hidden_size
+        self.mrc_aux_loss_weight = mrc_aux_loss_weight
+        self.item_token_norm = item_token_norm
+        self.max_history_len = max_history_len
+        self.spae_absolute = spae_absolute
+        self.spae_relative = spae_relative
+        self.num_time_buckets = num_time_buckets
+        self.prompt_style = prompt_style
+        self.answer_mode = answer_mode
+        self.num_candidates = num_candidates
+        self.item_token = item_token
+        self.position_token_template = position_token_template
+        self.label_tokens = label_tokens
+        self.item_token_id = item_token_id
+        self.position_token_ids = list(position_token_ids) if position_token_ids is not None else None
+        self.label_token_ids = list(label_token_ids) if label_token_ids is not None else None
+        # The inner LM owns the tie; the composite must say the same or 5.x treats it as untied on reload.
+        kwargs.setdefault("tie_word_embeddings", getattr(text_config, "tie_word_embeddings", False))
+        super().__init__(**kwargs)
+
+    @property
+    def position_tokens(self) -> list[str]:
+        """`<|pos_1|>` ... `<|pos_L|>`, L = `max_history_len`."""
+        return [self.position_token_template.format(i) for i in range(1, self.max_history_len + 1)]
+
+    def modality_dim(self, modality: str) -> int:
+        return self.modality_dims[self.modalities.index(modality)]
+
+
+__all__ = ["SpeederConfig"]

@@ -1,0 +1,260 @@
+"""Speeder: a causal LM that reads a user's history as one compressed soft token per item (MRC), with
+absolute and relative position cues (SPAE), and picks the next item among labelled candidates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration_speeder import SpeederConfig
+from .item_features import ItemFeatureTable, check_finite
+from .mrc import MixtureOfModalityExperts
+from .spae import SequentialPositionEncoding
+
+
+@dataclass
+class SpeederCausalLMOutput(CausalLMOutputWithPast):
+    """The inner LM's output plus the MRC gate weights `(n_items, M)` and the gate's auxiliary loss."""
+
+    gate_weights: torch.FloatTensor | None = None
+    aux_loss: torch.FloatTensor | None = None
+
+
+class SpeederPreTrainedModel(PreTrainedModel):
+    config_class = SpeederConfig
+    base_model_prefix = "language_model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = []
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+
+class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
+    """Wraps any `AutoModelForCausalLM` as `language_model`, with the MRC projector (`mrc`), the SPAE
+    embeddings (`spae`) and the catalog feature table (`item_table`).
+
+    Placeholders `<item>` in `input_ids` are replaced, in row-major order, by the compressed tokens of the
+    items given as catalog rows (`item_ids`) or as explicit per-slot features (`item_features`).
+    """
+
+    def __init__(self, config: SpeederConfig):
+        super().__init__(config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.mrc = MixtureOfModalityExperts(config)
+        self.spae = SequentialPositionEncoding(config)
+        self.item_table = ItemFeatureTable(config)
+        self.active_modalities = list(config.modalities)
+        self.post_init()
+
+    # ----- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_llm(cls, llm, tokenizer, **config_kwargs) -> SpeederForSequentialRec:
+        """Builds a Speeder model around a pretrained causal LM.
+
+        Args:
+            llm: an `AutoModelForCausalLM` instance, or a local path / Hub id to load one from.
+            tokenizer: the LLM's tokenizer; Speeder's special tokens are added to it in place.
+            **config_kwargs: [`SpeederConfig`] fields (modalities, modality_dims, max_history_len, ...).
+        """
+        from .spae import add_speeder_tokens
+
+        if isinstance(llm, str):
+            llm = AutoModelForCausalLM.from_pretrained(llm)
+        config = SpeederConfig(text_config=llm.config, **config_kwargs)
+        add_speeder_tokens(tokenizer, config)
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        embeddings = llm.get_input_embeddings().weight.detach()
+        config.item_token_norm = float(embeddings.float().norm(dim=-1).mean())
+        config.text_config = llm.config
+
+        model = cls(config)
+        model.language_model = llm
+        model.to(dtype=llm.dtype)
+        if model.spae.absolute is not None:
+            # Start each position token where a random word would sit, at the LLM's embedding scale.
+            with torch.no_grad():
+                rows = torch.randint(0, embeddings.shape[0], (model.spae.absolute.num_embeddings,))
+                model.spae.absolute.weight.copy_(embeddings[rows])
+        return model
+
+    def set_item_features(self, features: dict[str, torch.Tensor], presence: torch.Tensor) -> None:
+        """Installs a catalog's feature table (`features[m]`: `(N, d_m)`, `presence`: `(N, M)` bool)."""
+        self.item_table.set(features, presence)
+        self.config.num_items = self.item_table.num_items
+
+    # ----- modality state (read in forward; MPO switches it per stage) --------------------------------------
+    def set_active_modalities(self, modalities: list[str] | tuple[str, ...]) -> None:
+        unknown = [m for m in modalities if m not in self.config.modalities]
+        if unknown:
+            raise ValueError(f"Unknown modalities {unknown}; the model has {self.config.modalities}.")
+        self.active_modalities = list(modalities)
+
+    def _active_mask(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor([m in self.active_modalities for m in self.config.modalities], device=device)
+
+    # ----- embedding accessors, forwarded to the inner LM ---------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def resize_token_embeddings(self, *args, **kwargs) -> nn.Embedding:
+        embeddings = self.language_model.resize_token_embeddings(*args, **kwargs)
+        self.config.text_config = self.language_model.config
+        return embeddings
+
+    # ----- the splice ------------------------------------------------------------------------------------------
+    def get_item_tokens(
+        self,
+        item_ids: torch.LongTensor | None = None,
+        item_features: dict[str, torch.Tensor] | None = None,
+        item_presence: torch.BoolTensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compressed item tokens `(n, T, d)` and gate weights `(n, M)`, from catalog rows or explicit features."""
+        if item_features is not None:
+            features = []
+            for name, dim in zip(self.config.modalities, self.config.modality_dims):
+                value = item_features.get(name)
+                if value is None:
+                    n = next(iter(item_features.values())).shape[0]
+                    value = torch.zeros(n, dim, device=self.device)
+                if value.shape[-1] != dim:
+                    raise ValueError(f"Features of modality {name!r} must have size {dim}, got {value.shape[-1]}.")
+                check_finite(value, name)
+                features.append(value.to(self.device, self.mrc.norm.weight.dtype))
+            if item_presence is None:
+                item_presence = torch.stack([torch.full((features[0].shape[0],), m in item_features, device=self.device)
+                                             for m in self.config.modalities], dim=-1)
+        elif item_ids is not None:
+            features, presence = self.item_table(item_ids)
+            features = [f.to(self.mrc.norm.weight.dtype) for f in features]
+            item_presence = presence if item_presence is None else item_presence & presence
+        else:
+            raise ValueError("Pass item_ids (catalog rows) or item_features to fill the <item> placeholders.")
+        mask = item_presence.to(self.device) & self._active_mask(self.device)
+        return self.mrc(features, mask)
+
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        item_ids: torch.LongTensor | None = None,
+        item_features: dict[str, torch.Tensor] | None = None,
+        item_presence: torch.BoolTensor | None = None,
+        item_recency: torch.LongTensor | None = None,
+        item_time_gaps: torch.LongTensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token embeddings with position tokens and `<item>` placeholders filled; returns `(B, S, d)` embeds
+        and the gate weights (None when the prompt has no item)."""
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        inputs_embeds = self.spae.embed_positions(input_ids, inputs_embeds)
+        placeholder = input_ids == self.config.item_token_id  # (B, S)
+        n_placeholders = int(placeholder.sum())
+        if n_placeholders == 0 and item_ids is None and item_features is None:
+            return inputs_embeds, None
+        item_tokens, gate_weights = self.get_item_tokens(item_ids, item_features, item_presence)
+        item_tokens = self.spae.add_recency(item_tokens, item_recency, item_time_gaps)  # (n, T, d)
+        if n_placeholders != item_tokens.shape[0] * item_tokens.shape[1]:
+            raise ValueError(
+                f"Item tokens and {self.config.item_token} placeholders do not match: the prompts hold "
+                f"{n_placeholders} placeholders but {item_tokens.shape[0]} items x {item_tokens.shape[1]} tokens "
+                "were given. Truncate histories by whole items and pass one item per placeholder group, in order."
+            )
+        inputs_embeds = inputs_embeds.masked_scatter(
+            placeholder.unsqueeze(-1).expand_as(inputs_embeds), item_tokens.to(inputs_embeds.dtype)
+        )
+        return inputs_embeds, gate_weights
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        item_ids: torch.LongTensor | None = None,
+        item_features: dict[str, torch.Tensor] | None = None,
+        item_presence: torch.BoolTensor | None = None,
+        item_recency: torch.LongTensor | None = None,
+        item_time_gaps: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> SpeederCausalLMOutput:
+        gate_weights = None
+        if inputs_embeds is None:
+            inputs_embeds, gate_weights = self.embed_inputs(
+                input_ids, item_ids, item_features, item_presence, item_recency, item_time_gaps
+            )
+        outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        aux_loss = None
+        if gate_weights is not None and self.config.mrc_aux_loss_weight > 0:
+            aux_loss = self.mrc.load_balancing_loss(gate_weights, gate_weights > 0)
+            if outputs.loss is not None:
+                outputs.loss = outputs.loss + self.config.mrc_aux_loss_weight * aux_loss
+        return SpeederCausalLMOutput(**outputs, gate_weights=gate_weights, aux_loss=aux_loss)
+
+    # ----- inference -------------------------------------------------------------------------------------------
+    @property
+    def never_generate_ids(self) -> list[int]:
+        """The placeholder and position tokens, which the model must never emit."""
+        return [self.config.item_token_id, *(self.config.position_token_ids or [])]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        item_ids: torch.LongTensor | None = None,
+        item_features: dict[str, torch.Tensor] | None = None,
+        item_presence: torch.BoolTensor | None = None,
+        item_recency: torch.LongTensor | None = None,
+        item_time_gaps: torch.LongTensor | None = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """Generates from left-padded prompts; the splice runs once, on the prompt. Returns only the new tokens."""
+        generate_kwargs.pop("token_type_ids", None)
+        if attention_mask is not None and (attention_mask[:, -1] == 0).any():
+            raise ValueError("generate needs left-padded prompts (tokenizer.padding_side = 'left').")
+        inputs_embeds, _ = self.embed_inputs(input_ids, item_ids, item_features, item_presence, item_recency, item_time_gaps)
+        suppress = set(generate_kwargs.pop("suppress_tokens", None) or []) | set(self.never_generate_ids)
+        return self.language_model.generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, suppress_tokens=sorted(suppress), **generate_kwargs
+        )
+
+    @torch.no_grad()
+    def score_candidates(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        num_candidates: int | None = None,
+        **item_kwargs,
+    ) -> torch.Tensor:
+        """Scores of each candidate label at the answer position, `(B, C)`, from one forward pass.
+
+        The prompts must end where the answer label would follow (left or right padding both work).
+        """
+        num_candidates = num_candidates or self.config.num_candidates
+        label_ids = torch.tensor(self.config.label_token_ids[:num_candidates], device=input_ids.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        left_padded = bool((attention_mask[:, -1] == 1).all())
+        # With left padding the answer position is the last one for every row, so only its logits are built.
+        extra = {"logits_to_keep": 1} if left_padded else {}
+        logits = self(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra, **item_kwargs).logits
+        if left_padded:
+            last = logits[:, -1]
+        else:
+            lengths = attention_mask.long().cumsum(-1).argmax(-1)  # index of the last real token per row
+            last = logits[torch.arange(logits.shape[0], device=logits.device), lengths]
+        return last[:, label_ids].float()
+
+
+__all__ = ["SpeederForSequentialRec", "SpeederPreTrainedModel", "SpeederCausalLMOutput"]

@@ -1,0 +1,74 @@
+"""Tiny in-process models and tokenizers (no hub, seconds to run)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+WORDS = (
+    "a user interacted with these items in order which item will the next candidates answer title "
+    "lipstick mascara shampoo soap cream brush nail polish red blue green pink gel oil mask"
+).split()
+LETTERS = [chr(ord("A") + i) for i in range(26)]
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", "(", ")", ":", ",", ".", "\n"] + LETTERS + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def tiny_llm(arch: str = "llama", vocab_size: int = 128, tie: bool = True):
+    torch.manual_seed(0)
+    if arch == "llama":
+        config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=vocab_size, tie_word_embeddings=tie,
+                             pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    else:
+        config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, vocab_size=vocab_size,
+                            tie_word_embeddings=tie, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    return AutoModelForCausalLM.from_config(config)
+
+
+TINY_MODALITIES = {"modalities": ["text", "image", "id"], "modality_dims": [12, 10, 8]}
+
+
+def tiny_speeder(arch: str = "llama", tie: bool = True, num_items: int = 30, **config_kwargs):
+    """A tiny Speeder model with a random catalog of `num_items` items (item 3 has no image)."""
+    from speeder_hf import SpeederForSequentialRec
+
+    tokenizer = tiny_tokenizer()
+    kwargs = {**TINY_MODALITIES, "mrc_hidden_size": 16, "gate_hidden_size": 8, "max_history_len": 8,
+              "num_candidates": 5, **config_kwargs}
+    model = SpeederForSequentialRec.from_llm(tiny_llm(arch, tie=tie), tokenizer, **kwargs)
+    generator = torch.Generator().manual_seed(1)
+    features = {m: torch.randn(num_items, d, generator=generator)
+                for m, d in zip(model.config.modalities, model.config.modality_dims)}
+    presence = torch.ones(num_items, len(model.config.modalities), dtype=torch.bool)
+    if "image" in model.config.modalities:
+        presence[3, model.config.modalities.index("image")] = False
+    model.set_item_features(features, presence)
+    return model.eval(), tokenizer
+
+
+@pytest.fixture
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def speeder():
+    return tiny_speeder()
