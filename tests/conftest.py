@@ -19,7 +19,9 @@ LETTERS = [chr(ord("A") + i) for i in range(26)]
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", "(", ")", ":", ",", ".", "\n"] + LETTERS + WORDS)}
+    vocab = {
+        tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", "(", ")", ":", ",", ".", "\n"] + LETTERS + WORDS)
+    }
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     return PreTrainedTokenizerFast(
@@ -34,12 +36,30 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_llm(arch: str = "llama", vocab_size: int = 128, tie: bool = True):
     torch.manual_seed(0)
     if arch == "llama":
-        config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, vocab_size=vocab_size, tie_word_embeddings=tie,
-                             pad_token_id=0, eos_token_id=1, bos_token_id=1)
+        config = LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=vocab_size,
+            tie_word_embeddings=tie,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=1,
+        )
     else:
-        config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=512, vocab_size=vocab_size,
-                            tie_word_embeddings=tie, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+        config = GPT2Config(
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_positions=512,
+            vocab_size=vocab_size,
+            tie_word_embeddings=tie,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=1,
+        )
     return AutoModelForCausalLM.from_config(config)
 
 
@@ -51,12 +71,20 @@ def tiny_speeder(arch: str = "llama", tie: bool = True, num_items: int = 30, **c
     from speeder_hf import SpeederForSequentialRec
 
     tokenizer = tiny_tokenizer()
-    kwargs = {**TINY_MODALITIES, "mrc_hidden_size": 16, "gate_hidden_size": 8, "max_history_len": 8,
-              "num_candidates": 5, **config_kwargs}
+    kwargs = {
+        **TINY_MODALITIES,
+        "mrc_hidden_size": 16,
+        "gate_hidden_size": 8,
+        "max_history_len": 8,
+        "num_candidates": 5,
+        **config_kwargs,
+    }
     model = SpeederForSequentialRec.from_llm(tiny_llm(arch, tie=tie), tokenizer, **kwargs)
     generator = torch.Generator().manual_seed(1)
-    features = {m: torch.randn(num_items, d, generator=generator)
-                for m, d in zip(model.config.modalities, model.config.modality_dims)}
+    features = {
+        m: torch.randn(num_items, d, generator=generator)
+        for m, d in zip(model.config.modalities, model.config.modality_dims)
+    }
     presence = torch.ones(num_items, len(model.config.modalities), dtype=torch.bool)
     if "image" in model.config.modalities:
         presence[3, model.config.modalities.index("image")] = False

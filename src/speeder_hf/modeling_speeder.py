@@ -134,8 +134,13 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                 check_finite(value, name)
                 features.append(value.to(self.device, self.mrc.norm.weight.dtype))
             if item_presence is None:
-                item_presence = torch.stack([torch.full((features[0].shape[0],), m in item_features, device=self.device)
-                                             for m in self.config.modalities], dim=-1)
+                item_presence = torch.stack(
+                    [
+                        torch.full((features[0].shape[0],), m in item_features, device=self.device)
+                        for m in self.config.modalities
+                    ],
+                    dim=-1,
+                )
         elif item_ids is not None:
             features, presence = self.item_table(item_ids)
             features = [f.to(self.mrc.norm.weight.dtype) for f in features]
@@ -193,7 +198,9 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             inputs_embeds, gate_weights = self.embed_inputs(
                 input_ids, item_ids, item_features, item_presence, item_recency, item_time_gaps
             )
-        outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs
+        )
         aux_loss = None
         if gate_weights is not None and self.config.mrc_aux_loss_weight > 0:
             aux_loss = self.mrc.load_balancing_loss(gate_weights, gate_weights > 0)
@@ -223,10 +230,15 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         generate_kwargs.pop("token_type_ids", None)
         if attention_mask is not None and (attention_mask[:, -1] == 0).any():
             raise ValueError("generate needs left-padded prompts (tokenizer.padding_side = 'left').")
-        inputs_embeds, _ = self.embed_inputs(input_ids, item_ids, item_features, item_presence, item_recency, item_time_gaps)
+        inputs_embeds, _ = self.embed_inputs(
+            input_ids, item_ids, item_features, item_presence, item_recency, item_time_gaps
+        )
         suppress = set(generate_kwargs.pop("suppress_tokens", None) or []) | set(self.never_generate_ids)
         return self.language_model.generate(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, suppress_tokens=sorted(suppress), **generate_kwargs
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            suppress_tokens=sorted(suppress),
+            **generate_kwargs,
         )
 
     @torch.no_grad()
@@ -248,7 +260,9 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         left_padded = bool((attention_mask[:, -1] == 1).all())
         # With left padding the answer position is the last one for every row, so only its logits are built.
         extra = {"logits_to_keep": 1} if left_padded else {}
-        logits = self(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra, **item_kwargs).logits
+        logits = self(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra, **item_kwargs
+        ).logits
         if left_padded:
             last = logits[:, -1]
         else:

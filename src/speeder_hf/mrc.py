@@ -54,7 +54,11 @@ class MixtureOfModalityExperts(nn.Module):
         self.experts = nn.ModuleList(
             ModalityExpert(dim, config.mrc_hidden_size, hidden, config.num_item_tokens) for dim in config.modality_dims
         )
-        self.gate = ModalityGate(sum(config.modality_dims), config.gate_hidden_size, len(self.modalities)) if config.mrc_gate else None
+        self.gate = (
+            ModalityGate(sum(config.modality_dims), config.gate_hidden_size, len(self.modalities))
+            if config.mrc_gate
+            else None
+        )
         self.norm = nn.LayerNorm(hidden)
         # LayerNorm output has norm ~sqrt(d); scale it to the norm of real token embeddings so item tokens
         # neither drown nor vanish next to the text around them.

@@ -25,7 +25,9 @@ class SequentialPositionEncoding(nn.Module):
         hidden, length = config.text_config.hidden_size, config.max_history_len
         self.absolute = nn.Embedding(length + 1, hidden) if config.spae_absolute else None
         self.relative = nn.Embedding(length + 1, hidden, padding_idx=0) if config.spae_relative else None
-        self.time_gap = nn.Embedding(config.num_time_buckets + 1, hidden, padding_idx=0) if config.num_time_buckets > 0 else None
+        self.time_gap = (
+            nn.Embedding(config.num_time_buckets + 1, hidden, padding_idx=0) if config.num_time_buckets > 0 else None
+        )
         # A plain list, not a buffer: non-persistent buffers come back uninitialised from meta-device loading.
         self.position_token_ids = list(config.position_token_ids or [])
 
@@ -98,7 +100,9 @@ def check_tokenizer(tokenizer, config: SpeederConfig) -> None:
         if ids != [token_id]:
             mismatched[label] = (ids, token_id)
     if mismatched:
-        details = ", ".join(f"{tok!r}: tokenizer {got} vs config {want}" for tok, (got, want) in list(mismatched.items())[:5])
+        details = ", ".join(
+            f"{tok!r}: tokenizer {got} vs config {want}" for tok, (got, want) in list(mismatched.items())[:5]
+        )
         raise ValueError(
             f"Tokenizer and config disagree on {len(mismatched)} Speeder token id(s) ({details}). Load the tokenizer "
             "saved with this model, not the base LLM's."
