@@ -93,10 +93,6 @@ def tiny_speeder(arch: str = "llama", tie: bool = True, num_items: int = 30, **c
 
 
 @pytest.fixture
-def tokenizer():
-    return tiny_tokenizer()
-
-
-@pytest.fixture
-def speeder():
+def model_and_tokenizer():
+    """A tiny Llama-backed Speeder model (eval mode) and its extended tokenizer."""
     return tiny_speeder()
