@@ -92,6 +92,16 @@ def tiny_speeder(arch: str = "llama", tie: bool = True, num_items: int = 30, **c
     return model.eval(), tokenizer
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny matrices gain nothing from threads, and on a shared, busy machine two spinning threads made each tiny
+    Trainer step ~100x slower (3.5 s instead of 0.05 s). Tests on real models ask for more threads themselves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def model_and_tokenizer():
     """A tiny Llama-backed Speeder model (eval mode) and its extended tokenizer."""

@@ -7,7 +7,6 @@ import pytest
 import torch
 from conftest import tiny_speeder
 from peft import PeftModel
-from test_trainer import one_torch_thread  # noqa: F401 (autouse fixture: one torch thread)
 
 from speeder_hf import SpeederForSequentialRec
 from speeder_hf.lora import apply_lora, merge_lora

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import tiny_speeder
 from peft import PeftModel
-from test_trainer import ToyCollator, ToyRows, one_torch_thread, toy_args  # noqa: F401 (autouse fixture)
+from test_trainer import ToyCollator, ToyRows, toy_args
 from transformers import TrainerCallback, TrainerState
 
 from speeder_hf.mpo import MPOCallback, Stage, available_modalities, default_stages, parameter_group, run_mpo

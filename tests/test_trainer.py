@@ -18,16 +18,6 @@ PROMPT = "a user <|pos_1|><item> <|pos_2|><item> candidates ( A ) <item> ( B ) <
 RECENCY = [2, 1, 0, 0]  # two history items (most recent = 1), two candidates
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matrices gain nothing from threads, and on a shared, busy machine two spinning threads make each
-    Trainer step ~100x slower (3.5 s instead of 0.05 s measured here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ToyRows(torch.utils.data.Dataset):
     """`n` random rows `{history, candidates, target_index}` over a 30-item catalog; records `set_epoch` calls."""
 
