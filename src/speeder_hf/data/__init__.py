@@ -1,0 +1,31 @@
+"""Data for speeder_hf: loaders of the public raw formats into a `RecDataset`, the train/validation/test split
+with fixed evaluation candidates, and per-epoch training candidates."""
+
+from .amazon import load_amazon_2014, load_amazon_2023
+from .candidates import CandidateSampler, CandidateSamplingDataset, sample_rng
+from .images import IMAGE_EXTENSIONS, attach_images
+from .movielens import load_movielens, movielens_posters
+from .reading import DataFormatError
+from .rec_dataset import ItemInfo, RecDataset, compose_text
+from .s3rec import load_s3rec
+from .split import STRATEGIES, make_split, training_sequences
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "STRATEGIES",
+    "CandidateSampler",
+    "CandidateSamplingDataset",
+    "DataFormatError",
+    "ItemInfo",
+    "RecDataset",
+    "attach_images",
+    "compose_text",
+    "load_amazon_2014",
+    "load_amazon_2023",
+    "load_movielens",
+    "load_s3rec",
+    "make_split",
+    "movielens_posters",
+    "sample_rng",
+    "training_sequences",
+]

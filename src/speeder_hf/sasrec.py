@@ -1,0 +1,285 @@
+"""SASRec (Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018): the collaborative model
+whose item embeddings form the catalog's `id` modality (as in LLaRA, the static item-ID embedding, not a
+contextual state), and the classic baseline on the same candidates.
+
+Inputs are catalog rows shifted by one (row `i` is token `i + 1`; 0 pads), left-padded. Positions count back from
+the most recent item, so a batch may be padded to its own longest history.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+from tqdm.auto import tqdm
+
+from .metrics import rank_metrics, target_ranks
+
+logger = logging.getLogger(__name__)
+
+LOSSES = ("ce", "bce")
+
+
+class SASRec(nn.Module, PyTorchModelHubMixin, library_name="speeder_hf", tags=["sasrec", "sequential-recommendation"]):
+    """Causal self-attention over item embeddings; the score of item `j` after a history is the dot product of the
+    last hidden state with item `j`'s embedding (shared input/output embeddings).
+
+    `save_pretrained(dir)` / `SASRec.from_pretrained(dir)` (from `PyTorchModelHubMixin`) write and read
+    `config.json` + `model.safetensors`.
+
+    Args:
+        num_items: catalog size N.
+        hidden_size: embedding and hidden size (the `id` modality's dimension).
+        num_layers, num_heads: transformer blocks and attention heads.
+        max_len: most recent history items read.
+        dropout: dropout on embeddings, attention and feed-forward.
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 1,
+        max_len: int = 50,
+        dropout: float = 0.2,
+    ):
+        super().__init__()
+        self.num_items, self.max_len, self.num_heads = num_items, max_len, num_heads
+        self.item_embedding = nn.Embedding(num_items + 1, hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(max_len, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(
+            hidden_size, num_heads, dim_feedforward=hidden_size, dropout=dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(hidden_size)
+        nn.init.normal_(self.item_embedding.weight, std=hidden_size**-0.5)
+        nn.init.normal_(self.position_embedding.weight, std=hidden_size**-0.5)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    def forward(self, tokens: torch.LongTensor) -> torch.Tensor:
+        """Hidden states `(B, L, d)` of left-padded token sequences `(B, L)` (token = catalog row + 1, 0 = pad);
+        position `t` sees positions `<= t` only."""
+        batch, length = tokens.shape
+        if length > self.max_len:
+            raise ValueError(f"SASRec reads at most {self.max_len} items, got sequences of {length}.")
+        positions = torch.arange(length - 1, -1, -1, device=tokens.device)  # 0 = most recent
+        x = self.item_embedding(tokens) * math.sqrt(self.item_embedding.embedding_dim) + self.position_embedding(
+            positions
+        )
+        x = self.dropout(x) * (tokens != 0).unsqueeze(-1)
+        # True = may not attend. Real items see earlier real items; a pad sees only itself, so no softmax row is
+        # empty (which would give NaN that then leaks through the values).
+        causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).triu(1)  # (L, L)
+        pad_key = (tokens == 0).unsqueeze(1)  # (B, 1, L)
+        eye = torch.eye(length, dtype=torch.bool, device=tokens.device)
+        blocked = (causal | pad_key) & ~eye  # (B, L, L)
+        blocked = blocked.repeat_interleave(self.num_heads, dim=0)  # (B * heads, L, L)
+        return self.final_norm(self.encoder(x, mask=blocked))
+
+    def item_embeddings(self) -> torch.Tensor:
+        """`(N, d)` embeddings of catalog rows 0..N-1 (the padding row removed)."""
+        return self.item_embedding.weight[1:]
+
+    def score_all(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores `(..., N)` of every catalog item from hidden states `(..., d)`."""
+        return hidden @ self.item_embeddings().T
+
+    @torch.no_grad()
+    def last_hidden(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """`(B, d)` state after each history (catalog rows, oldest first; the last `max_len` items are read)."""
+        device = self.item_embedding.weight.device
+        return self(_left_pad([h[-self.max_len :] for h in histories], device))[:, -1]
+
+
+def _left_pad(rows: Sequence[Sequence[int]], device: torch.device | str, shift: int = 1) -> torch.LongTensor:
+    """`(B, L)` tokens `row + shift`, left-padded with 0 to the longest sequence."""
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("SASRec needs at least one history item per sequence (got an empty history).")
+    length = max(len(r) for r in rows)
+    out = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, length - len(r) :] = torch.as_tensor(r, dtype=torch.long) + shift
+    return out.to(device)
+
+
+# ----- training ---------------------------------------------------------------------------------------------------
+@dataclass
+class SASRecTrainingResult:
+    """The trained model (best validation weights when validation was given) and the per-evaluation log."""
+
+    model: SASRec
+    best_epoch: int
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train_sasrec(
+    train_sequences: Mapping[str, Sequence[int]] | Sequence[Sequence[int]],
+    num_items: int,
+    validation: datasets.Dataset | None = None,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 1,
+    max_len: int = 50,
+    dropout: float = 0.2,
+    loss: str = "ce",
+    num_epochs: int = 200,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 0.0,
+    eval_every: int = 5,
+    patience: int = 5,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> SASRecTrainingResult:
+    """Trains SASRec to predict every next item of the training sequences.
+
+    Args:
+        train_sequences: per user, the training part of the sequence (catalog rows, oldest first), e.g.
+            `speeder_hf.data.training_sequences(rec)`; validation and test targets must not be in it.
+        validation: rows with `history` and `target` (a split's `validation`); every `eval_every` epochs the
+            full-ranking `NDCG@10` is measured, the best weights are kept, and training stops after
+            `patience` evaluations without improvement.
+        loss: `"ce"` (softmax over all items) or `"bce"` (one uniform negative per position, as in the paper).
+        max_len: history items read (the last `max_len + 1` items of a long sequence give the training pairs).
+
+    Returns:
+        `SASRecTrainingResult` with the model in eval mode.
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
+    sequences = list(train_sequences.values()) if isinstance(train_sequences, Mapping) else list(train_sequences)
+    sequences = [list(s[-(max_len + 1) :]) for s in sequences if len(s) >= 2]
+    if not sequences:
+        raise ValueError("No training sequence has two or more items; SASRec has nothing to learn from.")
+    flat = np.concatenate([np.asarray(s) for s in sequences])
+    if flat.min() < 0 or flat.max() >= num_items:
+        raise ValueError(f"Training sequences hold item index {int(flat.max())}, outside the {num_items}-item catalog.")
+    device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = SASRec(num_items, hidden_size, num_layers, num_heads, max_len, dropout).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, betas=(0.9, 0.98), weight_decay=weight_decay)
+
+    result = SASRecTrainingResult(model, best_epoch=num_epochs)
+    best_score, best_state, stale = -1.0, None, 0
+    epochs = tqdm(range(1, num_epochs + 1), desc="SASRec", disable=not progress)
+    for epoch in epochs:
+        model.train()
+        total, count = 0.0, 0
+        for batch in _batches(sequences, batch_size, rng):
+            inputs = _left_pad([s[:-1] for s in batch], device)  # (B, L)
+            targets = _left_pad([s[1:] for s in batch], device, shift=0)  # (B, L) catalog rows
+            valid = inputs != 0  # (B, L)
+            hidden = model(inputs)[valid]  # (P, d) over real positions
+            positives = targets[valid]  # (P,)
+            if loss == "ce":
+                value = nn.functional.cross_entropy(model.score_all(hidden), positives)
+            else:
+                negatives = torch.randint(0, num_items, positives.shape, device=device)
+                table = model.item_embeddings()
+                pos_logit = (hidden * table[positives]).sum(-1)
+                neg_logit = (hidden * table[negatives]).sum(-1)
+                value = nn.functional.softplus(-pos_logit).mean() + nn.functional.softplus(neg_logit).mean()
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+            total, count = total + value.item() * len(positives), count + len(positives)
+        entry: dict[str, Any] = {"epoch": epoch, "loss": total / count}
+        if validation is not None and (epoch % eval_every == 0 or epoch == num_epochs):
+            metrics = evaluate_sasrec(model, validation, candidates=False, ks=(10,), progress=False)
+            entry.update({f"validation_{k}": v for k, v in metrics.items() if k.startswith("full_")})
+            score = metrics["full_NDCG@10"]
+            if score > best_score:
+                best_score, best_state, stale, result.best_epoch = score, copy.deepcopy(model.state_dict()), 0, epoch
+            else:
+                stale += 1
+            logger.info("SASRec epoch %d: %s", epoch, entry)
+        result.log.append(entry)
+        epochs.set_postfix(loss=f"{entry['loss']:.4f}", best=f"{best_score:.4f}")
+        if best_state is not None and stale >= patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return result
+
+
+def _batches(sequences: list[list[int]], batch_size: int, rng: np.random.Generator) -> Iterator[list[list[int]]]:
+    order = rng.permutation(len(sequences))
+    for start in range(0, len(order), batch_size):
+        yield [sequences[i] for i in order[start : start + batch_size]]
+
+
+# ----- evaluation and export --------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_sasrec(
+    model: SASRec,
+    samples: datasets.Dataset,
+    *,
+    candidates: bool = True,
+    full_ranking: bool = True,
+    ks: Sequence[int] = (1, 5, 10),
+    batch_size: int = 512,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Ranking metrics of SASRec on split rows (`history`, `target`, and `candidates` when `candidates`).
+
+    - Candidate protocol: the target's rank among the row's candidates, keys `HR@K`, `NDCG@K`, `MRR` (the metric
+      code Speeder is evaluated with, `speeder_hf.metrics`).
+    - Full ranking: the target's rank among all items except those in the row's history, keys prefixed
+      `full_`.
+    """
+    model.eval()
+    histories, targets = list(samples["history"][:]), list(samples["target"][:])
+    rows = list(samples["candidates"][:]) if candidates else None
+    candidate_ranks, full_ranks = [], []
+    for start in tqdm(range(0, len(histories), batch_size), desc="SASRec eval", disable=not progress):
+        history = histories[start : start + batch_size]
+        target = torch.as_tensor(targets[start : start + batch_size])
+        scores = model.score_all(model.last_hidden(history)).float().cpu()  # (B, N)
+        if rows is not None:
+            cands = torch.as_tensor(rows[start : start + batch_size])  # (B, C)
+            position = (cands == target[:, None]).int().argmax(1)  # (B,)
+            candidate_ranks.append(target_ranks(scores.gather(1, cands), position))
+        if full_ranking:
+            for i, (h, t) in enumerate(zip(history, targets[start : start + batch_size])):
+                scores[i, [j for j in h if j != t]] = -torch.inf
+            full_ranks.append(target_ranks(scores, target))
+    metrics = {"num_samples": len(histories)}
+    if candidate_ranks:
+        metrics.update(rank_metrics(np.concatenate(candidate_ranks), ks))
+    if full_ranks:
+        metrics.update({f"full_{k}": v for k, v in rank_metrics(np.concatenate(full_ranks), ks).items()})
+    return metrics
+
+
+def sasrec_item_features(
+    model: SASRec, train_sequences: Mapping[str, Sequence[int]] | Sequence[Sequence[int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `id` modality for `ItemCatalog.add_features("id", *sasrec_item_features(model, seqs))`: the `(N, d)`
+    item embeddings, and `(N,)` presence that is False for items absent from the training sequences (their
+    embeddings carry no collaborative signal)."""
+    sequences = train_sequences.values() if isinstance(train_sequences, Mapping) else train_sequences
+    present = np.zeros(model.num_items, dtype=bool)
+    for seq in sequences:
+        present[np.asarray(seq, dtype=np.int64)] = True
+    return model.item_embeddings().detach().float().cpu().numpy(), present
+
+
+__all__ = ["LOSSES", "SASRec", "SASRecTrainingResult", "evaluate_sasrec", "sasrec_item_features", "train_sasrec"]
