@@ -15,6 +15,7 @@ from speeder_hf.data import (
     compose_text,
     load_amazon_2014,
     load_amazon_2023,
+    load_dataset_by_name,
     load_movielens,
     load_s3rec,
     movielens_posters,
@@ -227,3 +228,29 @@ def test_movielens_100k_with_posters():
     assert rec.items[0]["item_id"] == "1" and rec.items[0]["title"] == "Toy Story (1995)"
     rec = attach_images(rec, movielens_posters(SHARED / "movielens_posters" / "ml100k_to_ml1m_posters.tsv"))
     assert rec.statistics()["items_with_image"] == 1668  # SOURCES.md §9: 99.2 %
+
+
+def test_load_dataset_by_name_folders_and_env(tmp_path, monkeypatch):
+    rec = RecDataset.from_sequences("saved", {"u": ["a", "b"]})
+    rec.save(tmp_path / "saved")
+    assert load_dataset_by_name(str(tmp_path / "saved")).name == "saved"
+    write(tmp_path / "Toy.txt", ["1 1 2 3"])
+    assert load_dataset_by_name(str(tmp_path)).name == "Toy"
+    write(tmp_path / "Other.txt", ["1 1 2"])
+    with pytest.raises(ValueError, match="several sequence files"):
+        load_dataset_by_name(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="Unknown dataset 'nope'"):
+        load_dataset_by_name("nope")
+    (tmp_path / "shared" / "sports").mkdir(parents=True)
+    write(tmp_path / "shared" / "sports" / "Sports_and_Outdoors.txt", ["1 1 2", "2 2 3"])
+    monkeypatch.setenv("SPEEDER_HF_DATA", str(tmp_path / "shared"))
+    assert load_dataset_by_name("sports").num_users == 2
+    with pytest.raises(FileNotFoundError, match="MovieLens-100K not found"):
+        load_dataset_by_name("movielens")
+
+
+@pytest.mark.slow
+def test_embedded_beauty_is_the_shared_file():
+    rec = load_dataset_by_name("beauty")
+    assert (rec.num_users, rec.num_items, rec.statistics()["interactions"]) == (22363, 12101, 198502)
+    assert rec.items[3]["title"].startswith("WAWO 15 Color")  # SOURCES.md §3 check (c)

@@ -5,6 +5,7 @@ from .amazon import load_amazon_2014, load_amazon_2023
 from .candidates import CandidateSampler, CandidateSamplingDataset, sample_rng
 from .images import IMAGE_EXTENSIONS, attach_images
 from .movielens import load_movielens, movielens_posters
+from .named import load_dataset_by_name, shared_data_dir
 from .reading import DataFormatError
 from .rec_dataset import ItemInfo, RecDataset, compose_text
 from .s3rec import load_s3rec
@@ -22,10 +23,12 @@ __all__ = [
     "compose_text",
     "load_amazon_2014",
     "load_amazon_2023",
+    "load_dataset_by_name",
     "load_movielens",
     "load_s3rec",
     "make_split",
     "movielens_posters",
     "sample_rng",
+    "shared_data_dir",
     "training_sequences",
 ]

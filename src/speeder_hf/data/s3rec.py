@@ -43,7 +43,8 @@ def load_s3rec(
         raise ValueError(f"{sequence_path} holds no sequences.")
     item_ids = sorted({item for seq in sequences.values() for item in seq}, key=int)
     info = _read_item_info(Path(items_path)) if items_path is not None else None
-    return RecDataset.from_sequences(name or sequence_path.stem, sequences, item_ids=item_ids, item_info=info)
+    name = name or sequence_path.name.split(".")[0]
+    return RecDataset.from_sequences(name, sequences, item_ids=item_ids, item_info=info)
 
 
 def _read_item_info(path: Path) -> dict[str, ItemInfo]:

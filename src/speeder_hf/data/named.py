@@ -1,0 +1,90 @@
+"""`load_dataset_by_name`: the datasets the examples and benchmarks use, found by short name.
+
+- `beauty`: Amazon Beauty, embedded in the checkout (`examples/data/beauty`), else from the shared data folder.
+- `sports`: Amazon Sports_and_Outdoors (keywords as text, no titles) from the shared data folder.
+- `movielens` (alias `ml-100k`): MovieLens-100K with posters as images, from the shared data folder only (its terms
+  forbid redistribution, so it is never copied into the project).
+- any folder: a `RecDataset.save` output (`rec_dataset.json`), or one S3Rec sequence file `*.txt[.gz]` with an
+  optional `items.jsonl[.gz]` beside it.
+
+The shared data folder is `$SPEEDER_HF_DATA` when set, else `shared/data` beside the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .images import attach_images
+from .movielens import load_movielens, movielens_posters
+from .rec_dataset import RecDataset
+from .s3rec import load_s3rec
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+EMBEDDED_DATA = REPO_ROOT / "examples" / "data"
+NAMES = ("beauty", "sports", "movielens")
+
+
+def shared_data_dir() -> Path:
+    """`$SPEEDER_HF_DATA`, else `shared/data` beside the checkout."""
+    return Path(os.environ.get("SPEEDER_HF_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def load_dataset_by_name(name: str) -> RecDataset:
+    """Loads `beauty`, `sports`, `movielens` / `ml-100k`, or a dataset folder (see the module docstring).
+
+    Raises:
+        FileNotFoundError: the files are not where they were looked for (the message lists the places).
+    """
+    key = name.lower()
+    shared = shared_data_dir()
+    if key == "beauty":
+        for folder in (EMBEDDED_DATA / "beauty", shared / "beauty"):
+            found = _s3rec_files(folder, "Beauty")
+            if found:
+                return load_s3rec(*found, name="beauty")
+        raise FileNotFoundError(f"Beauty not found in {EMBEDDED_DATA / 'beauty'} or {shared / 'beauty'}.")
+    if key == "sports":
+        found = _s3rec_files(shared / "sports", "Sports_and_Outdoors")
+        if not found:
+            raise FileNotFoundError(f"Sports not found in {shared / 'sports'} (set SPEEDER_HF_DATA).")
+        return load_s3rec(*found, name="sports")
+    if key in ("movielens", "ml-100k"):
+        folder = shared / "llara_movielens"
+        if not (folder / "ml-100k_u.data").is_file():
+            raise FileNotFoundError(f"MovieLens-100K not found in {folder} (set SPEEDER_HF_DATA).")
+        rec = load_movielens(folder / "ml-100k_u.data", folder / "u.item", name="movielens")
+        posters = shared / "movielens_posters" / "ml100k_to_ml1m_posters.tsv"
+        return attach_images(rec, movielens_posters(posters)) if posters.is_file() else rec
+    folder = Path(name)
+    if (folder / "rec_dataset.json").is_file():
+        return RecDataset.load(folder)
+    found = _s3rec_files(folder) if folder.is_dir() else None
+    if found:
+        return load_s3rec(*found)
+    raise FileNotFoundError(
+        f"Unknown dataset {name!r}: not one of {NAMES}, nor a folder holding rec_dataset.json or an S3Rec *.txt file."
+    )
+
+
+def _s3rec_files(folder: Path, stem: str | None = None) -> tuple[Path, Path | None] | None:
+    """The S3Rec sequence file `<stem>.txt[.gz]` in `folder` (without a stem: the folder's only `*.txt[.gz]`) and
+    its `items.jsonl[.gz]`, or None when the folder has no such file."""
+    if not folder.is_dir():
+        return None
+    sequences = sorted(
+        p
+        for p in folder.iterdir()
+        if p.name.endswith((".txt", ".txt.gz")) and (stem is None or p.name.split(".")[0] == stem)
+    )
+    if not sequences:
+        return None
+    if len(sequences) > 1 and stem is None:
+        raise ValueError(
+            f"{folder} holds several sequence files {[p.name for p in sequences]}; pass one to load_s3rec."
+        )
+    items = next((folder / n for n in ("items.jsonl", "items.jsonl.gz") if (folder / n).is_file()), None)
+    return sequences[0], items
+
+
+__all__ = ["NAMES", "load_dataset_by_name", "shared_data_dir"]
