@@ -14,7 +14,17 @@ import torch
 from conftest import tiny_speeder
 from safetensors.torch import load_file, save_file
 
-from speeder_hf.export import REMOTE_CODE_AUTO_MAP, add_remote_code, check_remote_code_imports, remote_code_files
+from speeder_hf.catalog import ItemCatalog
+from speeder_hf.export import (
+    REMOTE_CODE_AUTO_MAP,
+    add_remote_code,
+    check_remote_code_imports,
+    load_catalog_for,
+    load_pretrained_bundle,
+    remote_code_files,
+    save_pretrained_bundle,
+)
+from speeder_hf.lora import apply_lora
 
 
 def _sample_inputs(model, tokenizer):
@@ -136,3 +146,50 @@ def test_trust_remote_code_load_without_the_package_gives_identical_logits(tmp_p
     torch.testing.assert_close(out["logits"], expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["causal_logits"], expected, atol=1e-5, rtol=1e-5)
     assert Path(tmp_path / "modules").is_dir()
+
+
+def _catalog(n: int) -> ItemCatalog:
+    catalog = ItemCatalog([f"I{i}" for i in range(n)], [f"title {i}" for i in range(n)], image_paths=["/x.jpg"] * n)
+    catalog.add_features("text", torch.zeros(n, 4))
+    return catalog
+
+
+def test_bundle_round_trip(tmp_path):
+    model, tokenizer = tiny_speeder(num_items=30)
+    inputs = _sample_inputs(model, tokenizer)
+    save_pretrained_bundle(model, tmp_path, tokenizer, _catalog(30), remote_code=False)
+    assert "auto_map" not in json.loads((tmp_path / "config.json").read_text())
+    loaded, loaded_tokenizer, catalog, sasrec = load_pretrained_bundle(tmp_path)
+    assert sasrec is None
+    assert catalog.item_ids == [f"I{i}" for i in range(30)] and catalog.titles[4] == "title 4"
+    # Only the index is published: no features (the model holds them) and no local image paths.
+    assert catalog.modalities == [] and set(catalog.image_paths) == {None}
+    assert loaded_tokenizer.convert_tokens_to_ids("<item>") == model.config.item_token_id
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_bundle_refuses_a_catalog_of_another_size(tmp_path):
+    model, tokenizer = tiny_speeder(num_items=30)
+    with pytest.raises(ValueError, match="Catalog size mismatch: the catalog has 31 items.*30 items"):
+        save_pretrained_bundle(model, tmp_path, tokenizer, _catalog(31))
+    model.save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="No item_catalog.json in"):
+        load_catalog_for(model, tmp_path)
+
+
+def test_bundle_merges_lora_so_plain_loading_gives_the_trained_model(tmp_path):
+    model, tokenizer = tiny_speeder(num_items=30)
+    inputs = _sample_inputs(model, tokenizer)
+    peft_model = apply_lora(model).eval()  # eval: no LoRA dropout
+    torch.manual_seed(0)
+    with torch.no_grad():  # LoRA B starts at zero; make the adapters change the output
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+        expected = peft_model(**inputs).logits
+        assert not torch.allclose(expected, tiny_speeder(num_items=30)[0](**inputs).logits, atol=1e-4)
+    save_pretrained_bundle(peft_model, tmp_path, tokenizer, _catalog(30), remote_code=False)
+    loaded, *_ = load_pretrained_bundle(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, expected, atol=1e-5, rtol=1e-5)

@@ -4,7 +4,9 @@ A Speeder model directory holds everything needed to recommend without the train
 
 - `config.json` + `model.safetensors`: the model, including the catalog feature table (`item_table` buffers);
 - the tokenizer files (with Speeder's `<item>` / `<|pos_i|>` tokens);
-- `catalog.json`: the catalog index (external item ids, titles, texts), whose size must match `config.num_items`;
+- `item_catalog.json` (+ an empty `item_catalog.safetensors`): the `ItemCatalog` index (external item ids, titles,
+  texts) without features, which are already the model's buffers; its size must match `config.num_items`;
+- optionally `sasrec/`: the SASRec model whose item embeddings are the `id` modality, used to retrieve candidates;
 - optionally (`remote_code=True`), the code files and `auto_map` that let
   `AutoModel.from_pretrained(dir, trust_remote_code=True)` load the model where `speeder_hf` is not installed.
 """
@@ -12,27 +14,28 @@ A Speeder model directory holds everything needed to recommend without the train
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import logging
 import shutil
 import sys
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peft import PeftModel
 from transformers import AutoTokenizer, PreTrainedModel
 from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 from transformers.utils import cached_file
 
 from . import configuration_speeder, modeling_speeder
+from .catalog import CATALOG_JSON, CATALOG_TENSORS, ItemCatalog
+from .lora import merge_lora
+from .sasrec import SASRec
 from .spae import check_tokenizer
 
 logger = logging.getLogger(__name__)
 
-CATALOG_FILE = "catalog.json"
-CATALOG_FORMAT = "speeder-catalog"
-CATALOG_VERSION = 1
+SASREC_DIR = "sasrec"
 
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_speeder.SpeederConfig",
@@ -107,86 +110,16 @@ def add_remote_code(save_directory: str | Path) -> list[Path]:
     return copied
 
 
-# ----- the catalog index ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SavedCatalog:
-    """The catalog index saved with a model: per catalog row, the external item id, title and text.
-
-    The feature vectors are not repeated here: they are the model's `item_table` buffers in `model.safetensors`.
-    """
-
-    item_ids: list[str]
-    titles: list[str | None]
-    texts: list[str | None]
-
-    def __post_init__(self) -> None:
-        n = len(self.item_ids)
-        if len(self.titles) != n or len(self.texts) != n:
-            raise ValueError(
-                f"Catalog columns differ in length: {n} item_ids, {len(self.titles)} titles, {len(self.texts)} texts."
-            )
-        if len(set(self.item_ids)) != n:
-            duplicate = next(i for i, count in Counter(self.item_ids).items() if count > 1)
-            raise ValueError(f"Catalog item_id {duplicate!r} appears more than once.")
-
-    @property
-    def num_items(self) -> int:
-        return len(self.item_ids)
-
-    @classmethod
-    def from_catalog(cls, catalog: Any) -> SavedCatalog:
-        """From any catalog with `item_ids`, `titles` and `texts` sequences (an `ItemCatalog`, a `SavedCatalog`)."""
-        texts = getattr(catalog, "texts", None)
-        titles = list(catalog.titles)
-        return cls(
-            item_ids=[str(i) for i in catalog.item_ids],
-            titles=titles,
-            texts=list(texts) if texts is not None else [None] * len(titles),
-        )
-
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / CATALOG_FILE
-        payload = {
-            "format": CATALOG_FORMAT,
-            "version": CATALOG_VERSION,
-            "num_items": self.num_items,
-            "item_ids": self.item_ids,
-            "titles": self.titles,
-            "texts": self.texts,
-        }
-        path.write_text(json.dumps(payload, ensure_ascii=False) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, path_or_repo: str | Path, **hub_kwargs: Any) -> SavedCatalog:
-        """Reads `catalog.json` from a model directory (or a Hub repo, through the cache).
-
-        Raises:
-            FileNotFoundError: no catalog was saved with the model.
-            ValueError: the file is not a Speeder catalog, or is inconsistent.
-        """
-        path = cached_file(str(path_or_repo), CATALOG_FILE, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
-        if path is None:
-            raise FileNotFoundError(
-                f"No {CATALOG_FILE} in {path_or_repo}: save the model with speeder_hf.export.save_pretrained_bundle "
-                "(or pass a catalog explicitly)."
-            )
-        payload = json.loads(Path(path).read_text(encoding="utf-8"))
-        if payload.get("format") != CATALOG_FORMAT:
-            raise ValueError(f"{path} is not a Speeder catalog (format {payload.get('format')!r}).")
-        if payload.get("version", 0) > CATALOG_VERSION:
-            raise ValueError(
-                f"{path} has catalog version {payload['version']}; this speeder_hf reads up to {CATALOG_VERSION}."
-            )
-        catalog = cls(item_ids=payload["item_ids"], titles=payload["titles"], texts=payload["texts"])
-        if payload["num_items"] != catalog.num_items:
-            raise ValueError(f"{path} declares {payload['num_items']} items but lists {catalog.num_items}.")
-        return catalog
+# ----- the catalog index and the retriever ------------------------------------------------------------------------
+def catalog_index(catalog: ItemCatalog) -> ItemCatalog:
+    """The part of a catalog a published model needs: ids, titles and texts. Features are left out (the model
+    holds them) and so are image paths (local files of the machine that built the catalog)."""
+    return ItemCatalog(catalog.item_ids, catalog.titles, catalog.texts)
 
 
-def check_catalog_matches(model: PreTrainedModel, catalog: Any, source: str = "the catalog") -> None:
+def check_catalog_matches(model: PreTrainedModel, catalog: ItemCatalog, source: str = "the catalog") -> None:
     """Raises a clear `ValueError` when a catalog and a model's feature table have different sizes (a checkpoint
-    loaded against another catalog: every item id would silently map to the wrong features)."""
+    used with another catalog: every item id would silently map to another item's features)."""
     n_catalog = len(catalog.item_ids)
     n_config, n_table = model.config.num_items, model.item_table.num_items
     if not n_catalog == n_config == n_table:
@@ -197,15 +130,56 @@ def check_catalog_matches(model: PreTrainedModel, catalog: Any, source: str = "t
         )
 
 
-def load_catalog_for(model: PreTrainedModel, path_or_repo: str | Path | None = None, **hub_kwargs: Any) -> SavedCatalog:
-    """The catalog saved with `model` (from `path_or_repo`, default the model's `name_or_path`), checked against the
-    model's feature table with [`check_catalog_matches`]."""
+def _hub_file(path_or_repo: str | Path, filename: str, subfolder: str = "", **hub_kwargs: Any) -> Path | None:
+    """A file of a model directory or Hub repo (through the cache); None when the model has none."""
+    found = cached_file(
+        str(path_or_repo), filename, subfolder=subfolder, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+    )
+    return Path(found) if found is not None else None
+
+
+def load_catalog_for(model: PreTrainedModel, path_or_repo: str | Path | None = None, **hub_kwargs: Any) -> ItemCatalog:
+    """The catalog saved with `model` (in `path_or_repo`, default the model's `name_or_path`), checked against the
+    model's feature table with [`check_catalog_matches`].
+
+    Raises:
+        FileNotFoundError: no catalog was saved with the model.
+        ValueError: the catalog's size differs from the model's.
+    """
     path_or_repo = path_or_repo if path_or_repo is not None else model.name_or_path
     if not path_or_repo:
-        raise ValueError("The model was not loaded from a directory: pass the catalog (or its directory) explicitly.")
-    catalog = SavedCatalog.load(path_or_repo, **hub_kwargs)
-    check_catalog_matches(model, catalog, source=f"{CATALOG_FILE} in {path_or_repo}")
+        raise ValueError("The model was not loaded from a directory: pass its catalog explicitly.")
+    index = _hub_file(path_or_repo, CATALOG_JSON, **hub_kwargs)
+    if index is None:
+        raise FileNotFoundError(
+            f"No {CATALOG_JSON} in {path_or_repo}: save the model with speeder_hf.export.save_pretrained_bundle, "
+            "or pass its catalog explicitly."
+        )
+    if json.loads(index.read_text(encoding="utf-8")).get("modalities"):
+        _hub_file(path_or_repo, CATALOG_TENSORS, **hub_kwargs)  # a full catalog: fetch its features next to it
+    catalog = ItemCatalog.load(index.parent)
+    check_catalog_matches(model, catalog, source=f"{CATALOG_JSON} in {path_or_repo}")
     return catalog
+
+
+def load_sasrec_for(model: PreTrainedModel, path_or_repo: str | Path | None = None, **hub_kwargs: Any) -> SASRec | None:
+    """The SASRec saved with `model` in `sasrec/` (None when there is none), checked against the catalog size."""
+    path_or_repo = path_or_repo if path_or_repo is not None else model.name_or_path
+    if not path_or_repo:
+        return None
+    config = _hub_file(path_or_repo, "config.json", subfolder=SASREC_DIR, **hub_kwargs)
+    weights = _hub_file(path_or_repo, "model.safetensors", subfolder=SASREC_DIR, **hub_kwargs)
+    if config is None or weights is None:
+        return None
+    # PyTorchModelHubMixin prints a line on local loads; stdout belongs to callers (e.g. `speeder-hf recommend --json`).
+    with contextlib.redirect_stdout(sys.stderr):
+        sasrec = SASRec.from_pretrained(config.parent).eval()
+    if sasrec.num_items != model.config.num_items:
+        raise ValueError(
+            f"The SASRec in {path_or_repo}/{SASREC_DIR} has {sasrec.num_items} items but the model's catalog has "
+            f"{model.config.num_items}: they come from different catalogs."
+        )
+    return sasrec
 
 
 # ----- the whole directory ---------------------------------------------------------------------------------------
@@ -213,12 +187,13 @@ def save_pretrained_bundle(
     model: PreTrainedModel,
     save_directory: str | Path,
     tokenizer,
-    catalog: Any,
+    catalog: ItemCatalog,
+    sasrec: SASRec | None = None,
     remote_code: bool = True,
     **save_kwargs: Any,
 ) -> Path:
-    """Saves a model that recommends on its own: weights (with the catalog feature table), tokenizer,
-    `catalog.json` and, with `remote_code`, the `trust_remote_code` files.
+    """Saves a model that recommends on its own: weights (with the catalog feature table), tokenizer, the catalog
+    index, optionally the SASRec retriever and, with `remote_code`, the `trust_remote_code` files.
 
     A PEFT-wrapped model is merged first (`merge_and_unload`, in place), so a plain `from_pretrained` loads the
     published weights.
@@ -227,24 +202,30 @@ def save_pretrained_bundle(
         model: a `SpeederForSequentialRec` (or a PEFT wrapper of one) with its feature table set.
         save_directory: created if needed.
         tokenizer: the tokenizer the model was trained with (checked against the config's token ids).
-        catalog: the catalog whose rows the feature table holds (`item_ids`, `titles`, `texts`).
+        catalog: the `ItemCatalog` whose rows the feature table holds.
+        sasrec: the SASRec whose item embeddings are the `id` modality; saved to `sasrec/` for retrieval.
         remote_code: also write `auto_map` and the code files.
         **save_kwargs: passed to `model.save_pretrained`.
 
     Raises:
-        ValueError: catalog size or tokenizer disagree with the model.
+        ValueError: the catalog (or SASRec) size or the tokenizer disagree with the model.
     """
-    if hasattr(model, "merge_and_unload"):
+    if isinstance(model, PeftModel):
         logger.info("Merging the LoRA adapters into the base weights before saving.")
-        model = model.merge_and_unload()
-    saved_catalog = SavedCatalog.from_catalog(catalog)
-    check_catalog_matches(model, saved_catalog)
+        model = merge_lora(model)
+    check_catalog_matches(model, catalog)
     check_tokenizer(tokenizer, model.config)
+    if sasrec is not None and sasrec.num_items != model.config.num_items:
+        raise ValueError(
+            f"The SASRec has {sasrec.num_items} items but the model's catalog has {model.config.num_items}."
+        )
     save_directory = Path(save_directory)
     save_directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(save_directory, **save_kwargs)
     tokenizer.save_pretrained(save_directory)
-    saved_catalog.save(save_directory)
+    catalog_index(catalog).save(save_directory)
+    if sasrec is not None:
+        sasrec.save_pretrained(save_directory / SASREC_DIR)
     if remote_code:
         add_remote_code(save_directory)
     return save_directory
@@ -252,26 +233,25 @@ def save_pretrained_bundle(
 
 def load_pretrained_bundle(
     path_or_repo: str | Path, **from_pretrained_kwargs: Any
-) -> tuple[PreTrainedModel, Any, SavedCatalog]:
-    """Loads `(model, tokenizer, catalog)` saved by [`save_pretrained_bundle`], with the installed package's classes,
-    and checks that the three agree (catalog size, special-token ids)."""
-    from .modeling_speeder import SpeederForSequentialRec
-
-    model = SpeederForSequentialRec.from_pretrained(path_or_repo, **from_pretrained_kwargs).eval()
+) -> tuple[PreTrainedModel, Any, ItemCatalog, SASRec | None]:
+    """Loads `(model, tokenizer, catalog, sasrec)` saved by [`save_pretrained_bundle`] with the installed package's
+    classes, and checks that they agree (catalog size, special-token ids). `sasrec` is None when none was saved."""
+    model = modeling_speeder.SpeederForSequentialRec.from_pretrained(path_or_repo, **from_pretrained_kwargs).eval()
     tokenizer = AutoTokenizer.from_pretrained(path_or_repo)
     check_tokenizer(tokenizer, model.config)
-    return model, tokenizer, load_catalog_for(model, path_or_repo)
+    return model, tokenizer, load_catalog_for(model, path_or_repo), load_sasrec_for(model, path_or_repo)
 
 
 __all__ = [
-    "CATALOG_FILE",
     "REMOTE_CODE_AUTO_MAP",
-    "SavedCatalog",
+    "SASREC_DIR",
     "add_remote_code",
+    "catalog_index",
     "check_catalog_matches",
     "check_remote_code_imports",
     "load_catalog_for",
     "load_pretrained_bundle",
+    "load_sasrec_for",
     "remote_code_files",
     "save_pretrained_bundle",
 ]

@@ -1,0 +1,567 @@
+"""Model cards and publishing to the Hugging Face Hub.
+
+- [`build_model_card`] fills `model_cards/template.md` from a saved model directory and its evaluation results: the
+  Hub metadata (library_name, pipeline_tag, base_model, datasets, tags, license, a `model-index` with the measured
+  metrics, widget examples whose outputs are the model's real recommendations), a usage snippet, training details,
+  limitations and citations.
+- [`publish`] / [`publish_folder`]: `save_pretrained_bundle` -> card -> `HfApi().upload_folder`. The card is written
+  last and uploaded with the files: `push_to_hub` would replace README.md with an auto-generated stub.
+
+The evaluation results file is the JSON that `speeder_hf.finetune.run_finetune` writes (`eval_results.json`):
+`dataset`, `split`, `metrics` (the output of `evaluate_ranking`), `mpo_stages`, `train_samples_seen`,
+`train_seconds`, `wall_seconds`, `machine`, `command`, `arguments`, and `examples` (see [`card_examples`]);
+optionally `baselines` (`{name: metrics}` on the same users and candidates) and `base_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+from .backbones import SMOLLM2, SMOLLM2_HUB_ID
+from .catalog import ItemCatalog
+from .export import SASREC_DIR, save_pretrained_bundle
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "template.md"
+PIPELINE_TASK = "sequential-recommendation"
+TAGS = ["recommendation", "sequential-recommendation", "multimodal", "speeder", "custom_code"]
+# Metrics put in the model-index, in this order (others from `evaluate_ranking` stay in the card's table only).
+INDEX_METRICS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
+
+SPEEDER_CITATION = """@article{zhong2025speeder,
+  title   = {A Remarkably Efficient Paradigm to Multimodal Large Language Models for Sequential Recommendation},
+  author  = {Zhong and Su and Yang and Ma and Zheng and Chen},
+  journal = {arXiv preprint arXiv:2511.05885},
+  year    = {2025}
+}"""
+SASREC_CITATION = """@inproceedings{kang2018sasrec,
+  title     = {Self-Attentive Sequential Recommendation},
+  author    = {Kang, Wang-Cheng and McAuley, Julian},
+  booktitle = {IEEE International Conference on Data Mining (ICDM)},
+  year      = {2018}
+}"""
+AMAZON_CITATIONS = """@inproceedings{mcauley2015image,
+  title     = {Image-Based Recommendations on Styles and Substitutes},
+  author    = {McAuley, Julian and Targett, Christopher and Shi, Qinfeng and van den Hengel, Anton},
+  booktitle = {Proceedings of the 38th International ACM SIGIR Conference on Research and Development in
+               Information Retrieval},
+  year      = {2015}
+}
+@inproceedings{he2016ups,
+  title     = {Ups and Downs: Modeling the Visual Evolution of Fashion Trends with One-Class Collaborative Filtering},
+  author    = {He, Ruining and McAuley, Julian},
+  booktitle = {Proceedings of the 25th International Conference on World Wide Web (WWW)},
+  year      = {2016}
+}"""
+MOVIELENS_CITATION = """@article{harper2015movielens,
+  title   = {The MovieLens Datasets: History and Context},
+  author  = {Harper, F. Maxwell and Konstan, Joseph A.},
+  journal = {ACM Transactions on Interactive Intelligent Systems},
+  volume  = {5},
+  number  = {4},
+  year    = {2015}
+}"""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """How a card names and cites a dataset: `pretty` name, `slug` (the `datasets:` entry and model-index type),
+    `citations` (BibTeX) and `terms` (the data's terms of use, for the limitations)."""
+
+    pretty: str
+    slug: str
+    citations: str
+    terms: str
+
+
+_AMAZON_TERMS = "Amazon review data (McAuley et al., UCSD) is distributed for research use; cite the papers below."
+KNOWN_DATASETS = {
+    "beauty": DatasetInfo("Amazon Beauty (2014, 5-core)", "amazon-beauty-2014-5core", AMAZON_CITATIONS, _AMAZON_TERMS),
+    "sports": DatasetInfo(
+        "Amazon Sports and Outdoors (2014, 5-core)", "amazon-sports-2014-5core", AMAZON_CITATIONS, _AMAZON_TERMS
+    ),
+    "movielens": DatasetInfo(
+        "MovieLens-100K",
+        "movielens-100k",
+        MOVIELENS_CITATION,
+        "MovieLens data (GroupLens) is for research use only, without endorsement, and may not be redistributed.",
+    ),
+    "steam": DatasetInfo(
+        "Steam (LLaRA split)",
+        "steam-llara",
+        SASREC_CITATION,
+        "The Steam data (Kang & McAuley, ICDM 2018) is a research dataset.",
+    ),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The card description of a dataset, matched by name (`"Beauty"`, `"movielens-100k"`, ...).
+
+    Raises:
+        ValueError: for a dataset the card generator cannot cite; add it to `KNOWN_DATASETS`.
+    """
+    key = name.lower()
+    matches = [info for word, info in KNOWN_DATASETS.items() if word in key or (word == "movielens" and "ml-" in key)]
+    if not matches:
+        raise ValueError(
+            f"No card description for dataset {name!r}: add a DatasetInfo for it to speeder_hf.hub.KNOWN_DATASETS "
+            f"(known: {sorted(KNOWN_DATASETS)})."
+        )
+    return matches[0]
+
+
+def card_examples(rows: Sequence[dict[str, Any]], catalog: ItemCatalog, n: int = 3) -> list[dict[str, Any]]:
+    """Example users for the card, from evaluation rows (`user_id`, `history`, `target` as catalog rows): their
+    history and true next item as external ids. Store them as `examples` in the evaluation results file."""
+    examples = []
+    for row in list(rows)[:n]:
+        examples.append(
+            {
+                "user_id": str(row["user_id"]),
+                "history": [catalog.item_ids[i] for i in row["history"]],
+                "target": catalog.item_ids[row["target"]],
+            }
+        )
+    return examples
+
+
+# ----- the card ------------------------------------------------------------------------------------------------
+def _require(results: dict[str, Any], keys: Sequence[str], path: str) -> None:
+    missing = [key for key in keys if key not in results]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}; it must be the eval_results.json written by run_finetune.")
+
+
+def _base_model(results: dict[str, Any], config: dict[str, Any]) -> str:
+    """The Hub id of the backbone: `base_model` in the results, the `llm` argument when it names a Hub model, or the
+    id recorded in the LLM's config."""
+    if results.get("base_model"):
+        return results["base_model"]
+    llm = str(results.get("arguments", {}).get("llm", ""))
+    if llm.lower() in {"smollm2", SMOLLM2}:
+        return SMOLLM2_HUB_ID
+    hub_id = re.compile(r"[\w.-]+/[\w.-]+")
+    for candidate in (llm, config.get("text_config", {}).get("_name_or_path", "")):
+        if hub_id.fullmatch(candidate) and not Path(candidate).exists():
+            return candidate
+    raise ValueError(
+        f'Cannot tell the backbone\'s Hub id (llm={llm!r}); add "base_model": "<org>/<name>" to the results file.'
+    )
+
+
+def _and(words: Sequence[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" and {words[-1]}"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _metric_type(name: str) -> str:
+    return name.lower().replace("@", "_at_")
+
+
+def _metrics_table(metrics: dict[str, Any]) -> str:
+    names = [k for k in metrics if isinstance(metrics[k], int | float) and not isinstance(metrics[k], bool)]
+    return "\n".join(f"| {name} | {_fmt(metrics[name])} |" for name in names)
+
+
+def _baselines_section(results: dict[str, Any], model_name: str) -> str:
+    baselines = results.get("baselines") or {}
+    if not baselines:
+        return ""
+    rows = {model_name: results["metrics"], **baselines}
+    names = [m for m in INDEX_METRICS if all(m in r for r in rows.values())]
+    lines = [
+        "### Baselines (same users, same candidates)\n",
+        "| model | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    lines += [f"| {name} | " + " | ".join(_fmt(r[m]) for m in names) + " |" for name, r in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _history_section(metrics: dict[str, Any]) -> str:
+    buckets = metrics.get("by_history_len") or {}
+    if not buckets:
+        return ""
+    names = [m for m in ("VHR@1", "NDCG@10", "MRR") if all(m in b for b in buckets.values())]
+    lines = [
+        "### By history length\n",
+        "| history length | users | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 2) + "|",
+    ]
+    lines += [
+        f"| {bucket} | {b['num_samples']} | " + " | ".join(_fmt(b[m]) for m in names) + " |"
+        for bucket, b in buckets.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _recommend_examples(model_dir: Path, examples: list[dict[str, Any]], top_k: int = 5) -> list[list[dict]]:
+    from .recommend import Recommender
+
+    recommender = Recommender.from_pretrained(str(model_dir))
+    return recommender.recommend([e["history"] for e in examples], top_k=top_k)
+
+
+def _title(catalog: ItemCatalog, item_id: str) -> str:
+    title = catalog.titles[catalog.index(item_id)]
+    return title if title else f"item {item_id}"
+
+
+def _examples(
+    examples: list[dict[str, Any]], recommendations: list[list[dict]], catalog: ItemCatalog
+) -> tuple[str, list[dict[str, Any]]]:
+    """The card's example section and the widget entries (static outputs)."""
+    sections, widget = [], []
+    for example, recs in zip(examples, recommendations):
+        history = [_title(catalog, i) for i in example["history"]]
+        shown = history if len(history) <= 8 else ["…", *history[-8:]]
+        ranked = [
+            f"{rank}. {r['title'] or r['item_id']} (id {r['item_id']}, score {r['score']:.3f})"
+            for rank, r in enumerate(recs, 1)
+        ]
+        hit = next((rank for rank, r in enumerate(recs, 1) if r["item_id"] == example["target"]), None)
+        truth = _title(catalog, example["target"])
+        verdict = f"ranked #{hit}" if hit else f"not in the top {len(recs)}"
+        sections.append(
+            f"**User {example['user_id']}**: {len(history)} items, oldest first: "
+            + "; ".join(shown)
+            + "\n\n"
+            + "\n".join(f"    {line}" for line in ranked)
+            + f"\n\nThe true next item was *{truth}* (id {example['target']}): {verdict}.\n"
+        )
+        widget.append(
+            {
+                "text": "History (oldest first): " + " | ".join(history),
+                "example_title": f"User {example['user_id']}",
+                "output": {"text": "\n".join(ranked)},
+            }
+        )
+    return "\n".join(sections), widget
+
+
+def _limitations(
+    results: dict[str, Any], config: dict[str, Any], info: DatasetInfo, trained_modalities: set[str]
+) -> str:
+    metrics, args = results["metrics"], results.get("arguments", {})
+    steps = sum(int(s.get("max_steps") or 0) for s in results["mpo_stages"])
+    points = [
+        f"The training budget was small: {steps} optimizer steps on {results['machine']}. The model demonstrates "
+        "the method and is not a tuned production recommender.",
+        f"The evaluation ranks the target among a fixed candidate set ({metrics['protocol']}). It is not a ranking "
+        "over the full catalog, and its numbers are not comparable with full-ranking results or with the paper's "
+        "(which used other backbones and budgets).",
+        f"The catalog is fixed at {config['num_items']} items. Unknown ids or titles raise an error. Adding items "
+        "requires encoding them with the same encoders, adding them to the feature table "
+        "(`model.set_item_features`), and fine-tuning.",
+        f"Only the {config['max_history_len']} most recent history items are read; older items are dropped.",
+        "When no candidates are given, the retrieval stage bounds what can be recommended: the LLM only reorders the "
+        f"{config['num_candidates']} retrieved items.",
+    ]
+    untrained = [m for m in config["modalities"] if m not in trained_modalities]
+    if untrained:
+        points.append(
+            f"The {', '.join(untrained)} modality had no data in {info.pretty}, so its expert was never trained; "
+            "give it no weight."
+        )
+    if args.get("max_eval_samples"):
+        points.append(
+            f"The metrics cover the first {metrics['num_samples']} test users only (max_eval_samples), so they carry "
+            "sampling error."
+        )
+    points += [
+        "This is a reconstruction of Speeder from the paper's abstract and the LLaRA code base, not the authors' code.",
+        "The model needs custom code. The Hub cannot run it for inference, so the widget outputs are static "
+        "(computed when this card was made).",
+        f"Data terms: {info.terms}",
+    ]
+    return "\n".join(f"- {p}" for p in points)
+
+
+def build_model_card(
+    model_dir: str | Path,
+    eval_results: str | Path | dict[str, Any],
+    repo_id: str | None = None,
+    license: str = "apache-2.0",
+    template_path: str | Path | None = None,
+) -> ModelCard:
+    """The model card of a directory saved by `save_pretrained_bundle`, filled from its evaluation results.
+
+    The widget outputs and example recommendations are computed here, by running the saved model on the `examples`
+    of the results file.
+
+    Args:
+        model_dir: the saved model (config, weights, tokenizer, item catalog, optional `sasrec/`).
+        eval_results: the results file (or its parsed content) written by `run_finetune`.
+        repo_id: the Hub id used in the usage snippets; defaults to the directory name.
+        license: the license of the model weights.
+        template_path: a Jinja template; defaults to `model_cards/template.md`.
+
+    Raises:
+        ValueError: the results lack a required field, or name an unknown dataset or backbone.
+        FileNotFoundError: missing model files or template.
+    """
+    model_dir = Path(model_dir)
+    source = str(eval_results) if not isinstance(eval_results, dict) else "the evaluation results"
+    results = eval_results if isinstance(eval_results, dict) else json.loads(Path(eval_results).read_text())
+    _require(
+        results,
+        ("dataset", "split", "metrics", "mpo_stages", "train_samples_seen", "train_seconds", "machine", "examples"),
+        source,
+    )
+    _require(results["metrics"], ("VHR@1", "num_samples", "protocol"), f"{source} ('metrics')")
+    if not results["examples"]:
+        raise ValueError(f"{source} has no examples; add some with speeder_hf.hub.card_examples.")
+    template_path = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE
+    if not template_path.is_file():
+        raise FileNotFoundError(f"Model card template {template_path} not found; pass template_path.")
+
+    config = json.loads((model_dir / "config.json").read_text())
+    catalog = ItemCatalog.load(model_dir)
+    info = dataset_info(results["dataset"])
+    base_model = _base_model(results, config)
+    repo_id = repo_id or model_dir.name
+    model_name = repo_id.split("/")[-1]
+    metrics, stages, args = results["metrics"], results["mpo_stages"], results.get("arguments", {})
+    has_sasrec = (model_dir / SASREC_DIR / "config.json").is_file()
+
+    examples = results["examples"]
+    recommendations = _recommend_examples(model_dir, examples)
+    examples_section, widget = _examples(examples, recommendations, catalog)
+
+    eval_entries = [
+        EvalResult(
+            task_type=PIPELINE_TASK,
+            task_name="Sequential recommendation",
+            dataset_type=info.slug,
+            dataset_name=info.pretty,
+            dataset_split=results["split"],
+            metric_type=_metric_type(name),
+            metric_name=name,
+            metric_value=float(metrics[name]),
+            metric_config=metrics["protocol"],
+        )
+        for name in INDEX_METRICS
+        if name in metrics
+    ]
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        base_model=base_model,
+        datasets=[info.slug],
+        language=["en"],
+        license=license,
+        tags=TAGS,
+        model_name=model_name,
+        eval_results=eval_entries,
+        widget=widget,
+    )
+
+    history_ids = json.dumps(examples[0]["history"][-5:])
+    candidate_ids = json.dumps(
+        list(dict.fromkeys([examples[0]["target"], *[r["item_id"] for r in recommendations[0]]]))[:4]
+    )
+    usage = (
+        "import speeder_hf  # registers the Speeder classes and the sequential-recommendation pipeline\n"
+        "from transformers import pipeline\n\n"
+        f'recommend = pipeline("sequential-recommendation", model="{repo_id}")\n'
+        "# A history of item ids (or exact titles), oldest first: retrieve, then rerank.\n"
+        f"print(recommend({history_ids}, top_k=5))\n"
+        "# Rank your own candidates instead.\n"
+        f'print(recommend({{"history": {history_ids}, "candidates": {candidate_ids}}}))\n'
+        "# Several users at once.\n"
+        f"print(recommend([{history_ids}, {json.dumps(examples[-1]['history'][-3:])}], batch_size=2, top_k=3))"
+    )
+    remote_code = (
+        f'from transformers import AutoModel\n\nmodel = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)'
+    )
+
+    trained = {m for s in stages for m in s["modalities"]}
+    trained_in_order = [m for m in config["modalities"] if m in trained]
+    retrieval = (
+        "The SASRec saved with the model scores the whole catalog after the history."
+        if has_sasrec
+        else "Items are ranked by their similarity to the history in the saved item features."
+    )
+    total_steps = sum(int(s.get("max_steps") or 0) for s in stages)
+    batch, accumulation = args.get("batch_size"), args.get("gradient_accumulation_steps", 1)
+    budget = (
+        f"{total_steps} optimizer steps over {len(stages)} stages, {results['train_samples_seen']} training samples "
+        f"seen ({batch} per device × {accumulation} accumulation per step), "
+        f"{results['train_seconds'] / 60:.1f} min of training"
+    )
+    if "wall_seconds" in results:
+        budget += (
+            f"; {results['wall_seconds'] / 60:.1f} min end to end, which includes item features, SASRec, "
+            "evaluation and saving"
+        )
+    settings = [
+        f"{k} {args[k]}"
+        for k in (
+            "max_history_len",
+            "num_candidates",
+            "prompt_style",
+            "answer_mode",
+            "lora_r",
+            "lora_alpha",
+            "max_train_samples",
+            "sasrec_epochs",
+            "seed",
+        )
+        if k in args
+    ]
+    rows, adapters = [], False
+    for i, stage in enumerate(stages, 1):
+        adapters = adapters or bool(stage.get("lora"))  # adapters stay once a stage adds them
+        rows.append(
+            f"| {i} | {stage['name']} | {', '.join(stage['modalities'])} | {', '.join(stage['train'])} | "
+            f"{'yes' if adapters else 'no'} | {stage['learning_rate']:g} | {stage.get('max_steps')} |"
+        )
+    citations = [
+        "The Speeder paper:",
+        f"```bibtex\n{SPEEDER_CITATION}\n```",
+        f"{info.pretty}:",
+        f"```bibtex\n{info.citations}\n```",
+    ]
+    if "id" in trained or has_sasrec:
+        citations += [
+            "SASRec, which provides the `id` features and the retriever:",
+            f"```bibtex\n{SASREC_CITATION}\n```",
+        ]
+    date = f" on {results['date']}" if results.get("date") else ""
+    split_strategy = str(args.get("split_strategy", "leave_one_out")).replace("_", "-")
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(template_path),
+        model_name=model_name,
+        dataset_pretty=info.pretty,
+        modalities_text=_and(trained_in_order),
+        base_model=base_model,
+        num_items=config["num_items"],
+        retrieval_text=retrieval,
+        num_candidates=config["num_candidates"],
+        last_label=config["label_tokens"][config["num_candidates"] - 1],
+        usage_snippet=usage,
+        remote_code_snippet=remote_code,
+        evaluation_intro=(
+            f"These results are on the {results['split']} split of {info.pretty}: {metrics['num_samples']} users, "
+            f"with {split_strategy} targets and the protocol {metrics['protocol']}. They were measured{date} with "
+            "`speeder_hf.evaluation.evaluate_ranking`."
+        ),
+        metrics_table=_metrics_table(metrics),
+        metrics_notes=(
+            "VHR@1 is the share of users whose answer is valid and equals the target (the paper's headline metric). "
+            "ValidRatio is the share of valid answers, and HR@1 is LLaRA's correct / valid. HR@K, NDCG@K and MRR "
+            "rank the target among the candidates by the model's scores; ties count against the target.\n"
+        ),
+        baselines_section=_baselines_section(results, model_name),
+        history_section=_history_section(metrics),
+        examples_section=examples_section,
+        training_intro=(
+            "Training used MPO: each stage is its own `Trainer.train()`, with a fresh optimizer over exactly the "
+            "parameter groups listed. Its active modalities are model state that `forward` reads."
+            + ("" if any("llm" in stage["train"] for stage in stages) else " The LLM stays frozen except through LoRA.")
+        ),
+        stages_table="\n".join(rows),
+        budget_text=budget,
+        hardware_text=results["machine"],
+        settings_text=", ".join(settings) if settings else "the package defaults",
+        command=results.get("command", "speeder_hf.finetune.run_finetune"),
+        limitations=_limitations(results, config, info, trained),
+        citations_section="\n\n".join(citations),
+    )
+    leftover = re.search(r"\{\{|\}\}|\[More Information Needed\]", card.content)
+    if leftover:
+        raise ValueError(f"The rendered card still holds template text near {card.content[leftover.start() :][:60]!r}.")
+    return card
+
+
+# ----- publishing ----------------------------------------------------------------------------------------------
+def _upload(folder: Path, repo_id: str, private: bool | None, token: str | None, commit_message: str) -> str:
+    """Creates the repo if needed and uploads the model files of `folder` (top-level files and `sasrec/`; training
+    leftovers in other subfolders, such as MPO checkpoints, stay local). Returns the commit URL."""
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    if "README.md" not in files:
+        raise FileNotFoundError(f"{folder} has no README.md: write the model card before uploading.")
+    allow = files + ([f"{SASREC_DIR}/*"] if (folder / SASREC_DIR).is_dir() else [])
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), allow_patterns=allow, commit_message=commit_message
+    )
+    return getattr(commit, "commit_url", str(commit))
+
+
+def publish(
+    model,
+    tokenizer,
+    catalog: ItemCatalog,
+    repo_id: str,
+    card: ModelCard,
+    sasrec=None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload Speeder model",
+    save_directory: str | Path | None = None,
+) -> str:
+    """Publishes a model: `save_pretrained_bundle` (merging LoRA, with catalog, SASRec and remote code) into
+    `save_directory` (default a temporary folder), then the card as README.md, then one `upload_folder` commit.
+
+    Returns:
+        The URL of the commit.
+    """
+    if save_directory is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return publish(model, tokenizer, catalog, repo_id, card, sasrec, private, token, commit_message, tmp)
+    folder = save_pretrained_bundle(model, save_directory, tokenizer, catalog, sasrec=sasrec)
+    card.save(folder / "README.md")
+    return _upload(folder, repo_id, private, token, commit_message)
+
+
+def publish_folder(
+    model_dir: str | Path,
+    repo_id: str,
+    card: ModelCard | None = None,
+    eval_results: str | Path | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload Speeder model",
+) -> str:
+    """Publishes a directory saved by `save_pretrained_bundle`. Without `card`, one is built with
+    [`build_model_card`] from `eval_results` (default `<model_dir>/eval_results.json`) and the real `repo_id`;
+    it is written to `<model_dir>/README.md` before the upload.
+
+    Returns:
+        The URL of the commit.
+    """
+    model_dir = Path(model_dir)
+    if card is None:
+        eval_results = Path(eval_results) if eval_results is not None else model_dir / "eval_results.json"
+        card = build_model_card(model_dir, eval_results, repo_id=repo_id)
+    card.save(model_dir / "README.md")
+    return _upload(model_dir, repo_id, private, token, commit_message)
+
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "KNOWN_DATASETS",
+    "DatasetInfo",
+    "build_model_card",
+    "card_examples",
+    "dataset_info",
+    "publish",
+    "publish_folder",
+]
