@@ -202,7 +202,8 @@ class Recommender:
         try:
             return self.catalog.resolve(str(item))
         except KeyError as error:
-            raise UnknownItemError(f"{error.args[0]} (model catalog of {len(self.catalog)} items)") from None
+            message = str(error.args[0]).rstrip(".")
+            raise UnknownItemError(f"{message} ({len(self.catalog)} items in the model's catalog).") from None
 
     def describe(self, row: int) -> dict[str, Any]:
         return {"item_id": self.catalog.item_ids[row], "title": self.catalog.titles[row]}
