@@ -216,3 +216,23 @@ def test_gradient_checkpointing_runs(model_and_tokenizer):
     loss.backward()
     assert speeder.mrc.experts[0].fc1.weight.grad is not None
     assert speeder.spae.absolute.weight.grad is not None
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_labelled_positions_loss_equals_full_loss(arch):
+    model, tokenizer = tiny_speeder(arch)
+    tokenizer.padding_side = "right"
+    enc = encode(tokenizer, [PROMPT + " A", "a user <|pos_1|><item> candidates ( A ) <item> ( B ) <item> answer : B"])
+    labels = torch.full_like(enc.input_ids, -100)
+    lengths = enc.attention_mask.sum(-1)
+    labels[0, lengths[0] - 1] = enc.input_ids[0, lengths[0] - 1]
+    labels[1, lengths[1] - 1] = enc.input_ids[1, lengths[1] - 1]
+    items = torch.tensor([1, 2, 5, 6, 3, 5, 6])
+    fast = model(**enc, item_ids=items, labels=labels)
+    model.config.labelled_logits_only = False
+    full = model(**enc, item_ids=items, labels=labels)
+    torch.testing.assert_close(fast.loss, full.loss, atol=1e-5, rtol=0)
+    assert fast.logits.shape[1] == 2 and full.logits.shape[1] == enc.input_ids.shape[1]
+    model.config.labelled_logits_only = True
+    summed = model(**enc, item_ids=items, labels=labels, num_items_in_batch=torch.tensor(4)).loss
+    torch.testing.assert_close(summed, fast.loss / 2, atol=1e-5, rtol=0)

@@ -40,6 +40,9 @@ class SpeederConfig(PretrainedConfig):
             Learn a gate over modalities; when False the experts of the available modalities are averaged.
         gate_hidden_size (`int`):
             Hidden size of the gate MLP.
+        labelled_logits_only (`bool`):
+            With labels, build logits (and the loss) only at positions that predict a labelled token; the answer
+            is a few tokens after a long prompt, so this skips most of the LM head's work. Same loss either way.
         mrc_aux_loss_weight (`float`):
             Weight of the gate load-balancing loss added to the LM loss (0 turns it off).
         item_token_norm (`float`, *optional*):
@@ -83,6 +86,7 @@ class SpeederConfig(PretrainedConfig):
         mrc_gate: bool = True,
         gate_hidden_size: int = 128,
         mrc_aux_loss_weight: float = 0.0,
+        labelled_logits_only: bool = True,
         item_token_norm: float | None = None,
         max_history_len: int = 20,
         spae_absolute: bool = True,
@@ -129,6 +133,7 @@ class SpeederConfig(PretrainedConfig):
         self.mrc_gate = mrc_gate
         self.gate_hidden_size = gate_hidden_size
         self.mrc_aux_loss_weight = mrc_aux_loss_weight
+        self.labelled_logits_only = labelled_logits_only
         self.item_token_norm = item_token_norm
         self.max_history_len = max_history_len
         self.spae_absolute = spae_absolute

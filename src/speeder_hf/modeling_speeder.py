@@ -198,15 +198,47 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             inputs_embeds, gate_weights = self.embed_inputs(
                 input_ids, item_ids, item_features, item_presence, item_recency, item_time_gaps
             )
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs
-        )
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if labels is not None and self.config.labelled_logits_only and "logits_to_keep" not in kwargs:
+            outputs, n_labelled = self._labelled_positions_loss(
+                inputs_embeds, attention_mask, labels, num_items_in_batch, kwargs
+            )
+        else:
+            if num_items_in_batch is not None:
+                kwargs["num_items_in_batch"] = num_items_in_batch
+            outputs = self.language_model(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs
+            )
+            n_labelled = num_items_in_batch = None
         aux_loss = None
         if gate_weights is not None and self.config.mrc_aux_loss_weight > 0:
             aux_loss = self.mrc.load_balancing_loss(gate_weights, gate_weights > 0)
             if outputs.loss is not None:
-                outputs.loss = outputs.loss + self.config.mrc_aux_loss_weight * aux_loss
+                # Under gradient accumulation the LM loss is a share of the whole step; weigh the aux loss alike.
+                share = n_labelled / num_items_in_batch if num_items_in_batch is not None and n_labelled else 1.0
+                outputs.loss = outputs.loss + self.config.mrc_aux_loss_weight * aux_loss * share
         return SpeederCausalLMOutput(**outputs, gate_weights=gate_weights, aux_loss=aux_loss)
+
+    def _labelled_positions_loss(self, inputs_embeds, attention_mask, labels, num_items_in_batch, kwargs):
+        """LM loss with logits built only at positions that predict a labelled token.
+
+        Recommendation prompts label one answer (a label token or a title) after a long prompt, so projecting every
+        position onto the vocabulary, as the inner LM would, is mostly wasted: for SmolLM2 the LM head costs as much
+        as 8 of its 30 layers per position. Returned logits are `(B, K, V)` for the K kept positions.
+        """
+        shifted = nn.functional.pad(labels[:, 1:], (0, 1), value=-100)  # (B, S): the token each position predicts
+        keep = (shifted != -100).any(0).nonzero().flatten()  # (K,) positions any row needs
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, logits_to_keep=keep, **kwargs
+        )
+        targets = shifted[:, keep]  # (B, K)
+        n_labelled = int((targets != -100).sum())
+        loss = nn.functional.cross_entropy(
+            outputs.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
+        )
+        denominator = num_items_in_batch if num_items_in_batch is not None else max(n_labelled, 1)
+        outputs.loss = loss / torch.as_tensor(denominator, device=loss.device)
+        return outputs, n_labelled
 
     # ----- inference -------------------------------------------------------------------------------------------
     @property
