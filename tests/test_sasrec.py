@@ -77,3 +77,15 @@ def test_training_input_errors():
         train_sasrec([[0], [1]], 5)
     with pytest.raises(ValueError, match="item index 7, outside the 5-item catalog"):
         train_sasrec([[0, 7]], 5)
+
+
+def test_evaluation_rejects_bad_candidate_sets():
+    rec = cyclic_rec()
+    split = make_split(rec, num_candidates=5)
+    model = SASRec(NUM_ITEMS, hidden_size=8)
+    row = split["test"][0]
+    others = [c for c in row["candidates"] if c != row["target"]]
+    for bad in (others + [others[0]], [row["target"], row["target"], *others[:3]]):
+        samples = split["test"].select([0]).map(lambda r, b=bad: {"candidates": b})
+        with pytest.raises(ValueError, match="Sample 0: candidates must hold the target exactly once"):
+            evaluate_sasrec(model, samples, progress=False)

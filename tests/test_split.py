@@ -138,4 +138,6 @@ def test_training_candidates_change_per_epoch_and_are_reproducible():
         split["train"][2]["target"], rec.user_items()[split["train"][2]["user_id"]], sample_rng(0, 1, 2)
     )
     batch = next(iter(DataLoader(data, batch_size=len(data), collate_fn=list)))
+    with pytest.raises(KeyError, match="user 'u0' is not in the RecDataset"):
+        CandidateSamplingDataset(split["train"], rec_of({"x": [1, 2]}, num_items=50), num_candidates=6)[0]
     assert [row["candidates"] for row in batch] == [data[i]["candidates"] for i in range(len(data))]

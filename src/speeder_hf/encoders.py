@@ -206,7 +206,7 @@ def _cached(
 ) -> tuple[np.ndarray, np.ndarray]:
     if cache_dir is None:
         return compute()
-    key = hashlib.sha256("\n".join([modality, fingerprint, *inputs]).encode()).hexdigest()[:32]
+    key = hashlib.sha256(json.dumps([modality, fingerprint, inputs]).encode()).hexdigest()[:32]
     path = cache_dir / f"{modality}-{key}.safetensors"
     if path.is_file():
         logger.info("Loading cached %s features from %s", modality, path)

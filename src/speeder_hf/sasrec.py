@@ -255,7 +255,12 @@ def evaluate_sasrec(
         scores = model.score_all(model.last_hidden(history)).float().cpu()  # (B, N)
         if rows is not None:
             cands = torch.as_tensor(rows[start : start + batch_size])  # (B, C)
-            position = (cands == target[:, None]).int().argmax(1)  # (B,)
+            hits = cands == target[:, None]  # (B, C)
+            bad = (hits.sum(1) != 1) | (cands.sort(1).values.diff(1) == 0).any(1)
+            if bad.any():
+                row = start + int(bad.nonzero()[0])
+                raise ValueError(f"Sample {row}: candidates must hold the target exactly once and no duplicates.")
+            position = hits.int().argmax(1)  # (B,)
             candidate_ranks.append(target_ranks(scores.gather(1, cands), position))
         if full_ranking:
             for i, (h, t) in enumerate(zip(history, targets[start : start + batch_size])):

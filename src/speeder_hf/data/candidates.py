@@ -99,7 +99,9 @@ class CandidateSamplingDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.samples[int(index)]
-        exclude = self.user_items.get(row["user_id"], frozenset(row["history"]))
+        if row["user_id"] not in self.user_items:
+            raise KeyError(f"Sample {index}: user {row['user_id']!r} is not in the RecDataset given to this wrapper.")
+        exclude = self.user_items[row["user_id"]]
         row["candidates"] = self.sampler.sample(row["target"], exclude, sample_rng(self.seed, self.epoch, index))
         return row
 
