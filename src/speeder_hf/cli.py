@@ -1,0 +1,254 @@
+"""`speeder-hf`: the command line of speeder_hf. Each subcommand is a thin front to a library function.
+
+    speeder-hf build-catalog --dataset beauty --out catalogs/beauty        # ItemCatalog (+ SASRec) on disk
+    speeder-hf train --dataset beauty --output_dir outputs/speeder-beauty  # = examples/finetune.py
+    speeder-hf evaluate --model-dir outputs/speeder-beauty --dataset beauty
+    speeder-hf recommend --model-dir outputs/speeder-beauty --history B0001 "Red lipstick"
+    speeder-hf card --model-dir outputs/speeder-beauty --eval-results outputs/speeder-beauty/eval_results.json \\
+        --out model_cards/speeder-beauty.md
+    speeder-hf push --model-dir outputs/speeder-beauty --repo-id me/speeder-beauty
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from .finetune import FinetuneArguments
+
+logger = logging.getLogger(__name__)
+
+
+def _finetune_arguments(namespace: argparse.Namespace, fields: Sequence[str] | None = None) -> FinetuneArguments:
+    """A `FinetuneArguments` from the parsed flags of its fields (the others keep their defaults)."""
+    names = [f.name for f in dataclasses.fields(FinetuneArguments) if fields is None or f.name in fields]
+    values = {name: getattr(namespace, name) for name in names}
+    # -1 means "all" on the command line (HfArgumentParser cannot express None for an int).
+    for name in ("max_train_samples", "max_eval_samples"):
+        if values.get(name) is not None and values[name] < 0:
+            values[name] = None
+    return FinetuneArguments(**values)
+
+
+def _split(rec, model_config, seed: int):
+    """The split `run_finetune` evaluated on: same candidate count, history length and seed, so the same candidates."""
+    from .data import make_split
+
+    return make_split(
+        rec, num_candidates=model_config.num_candidates, seed=seed, max_history_len=model_config.max_history_len
+    )
+
+
+# ----- subcommands ---------------------------------------------------------------------------------------------
+_FINETUNE_FIELDS = {f.name: f for f in dataclasses.fields(FinetuneArguments)}
+
+
+def _like(name: str):
+    """A field with the default and help of `FinetuneArguments.<name>`."""
+    field = _FINETUNE_FIELDS[name]
+    return dataclasses.field(default=field.default, metadata=dict(field.metadata))
+
+
+@dataclasses.dataclass
+class CatalogArguments:
+    """The flags of `build-catalog`: the catalog-related fields of `FinetuneArguments`, plus `out`."""
+
+    out: str = dataclasses.field(metadata={"help": "Folder to save the catalog (and sasrec/) to."})
+    dataset: str = _like("dataset")
+    modalities: str = _like("modalities")
+    text_encoder: str | None = _like("text_encoder")
+    text_max_length: int = _like("text_max_length")
+    image_encoder: str | None = _like("image_encoder")
+    cache_dir: str | None = _like("cache_dir")
+    max_history_len: int = _like("max_history_len")
+    num_candidates: int = _like("num_candidates")
+    sasrec_epochs: int = _like("sasrec_epochs")
+    seed: int = _like("seed")
+
+
+def build_catalog_command(args: argparse.Namespace) -> None:
+    from .data import make_split
+    from .export import SASREC_DIR
+    from .finetune import build_catalog, load_named_dataset
+
+    catalog_fields = [f.name for f in dataclasses.fields(CatalogArguments) if f.name != "out"]
+    settings = _finetune_arguments(args, catalog_fields)
+    rec = load_named_dataset(settings.dataset)
+    split = make_split(
+        rec, num_candidates=settings.num_candidates, seed=settings.seed, max_history_len=settings.max_history_len
+    )
+    catalog, sasrec = build_catalog(rec, split, settings)
+    out = Path(args.out)
+    catalog.save(out)
+    if sasrec is not None:
+        sasrec.save_pretrained(out / SASREC_DIR)
+    print(f"Saved the catalog of {len(catalog)} items with modalities {catalog.modalities} to {out}.")
+
+
+def train_command(args: argparse.Namespace) -> None:
+    from .finetune import run_finetune
+
+    settings = _finetune_arguments(args)
+    results = run_finetune(settings)
+    print(json.dumps(results["metrics"], indent=2))
+    print(f"Model saved to {settings.output_dir}.")
+    if settings.push_to_hub:
+        from .hub import publish_folder
+
+        print("Published:", publish_folder(settings.output_dir, settings.push_to_hub))
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_ranking
+    from .export import load_pretrained_bundle
+    from .finetune import load_named_dataset
+
+    model, tokenizer, catalog, _ = load_pretrained_bundle(args.model_dir)
+    rec = load_named_dataset(args.dataset)
+    if rec.num_items != len(catalog) or rec.items["item_id"][:] != catalog.item_ids:
+        raise SystemExit(
+            f"Dataset {args.dataset!r} does not have the catalog the model in {args.model_dir} was built on."
+        )
+    rows = _split(rec, model.config, args.seed)[args.split]
+    if args.max_samples is not None:
+        rows = rows.select(range(min(args.max_samples, len(rows))))
+    metrics = evaluate_ranking(
+        model, tokenizer, rows, item_titles=catalog.titles, item_texts=catalog.texts, batch_size=args.batch_size
+    )
+    text = json.dumps({"dataset": rec.name, "split": args.split, "metrics": metrics}, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+def recommend_command(args: argparse.Namespace) -> None:
+    from .recommend import Recommender
+
+    recommender = Recommender.from_pretrained(args.model_dir)
+    (ranking,) = recommender.recommend([args.history], [args.candidates], top_k=args.top_k)
+    if args.json:
+        print(json.dumps(ranking, ensure_ascii=False))
+        return
+    for rank, item in enumerate(ranking, 1):
+        print(f"{rank:>3}. {item['title'] or '(no title)'}  [id {item['item_id']}]  score {item['score']:.4f}")
+
+
+def card_command(args: argparse.Namespace) -> None:
+    from .hub import build_model_card
+
+    card = build_model_card(
+        args.model_dir, args.eval_results, repo_id=args.repo_id, license=args.license, template_path=args.template
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    card.save(args.out)
+    print(f"Wrote the model card to {args.out}.")
+
+
+def push_command(args: argparse.Namespace) -> None:
+    from huggingface_hub import ModelCard
+
+    from .hub import publish_folder
+
+    card = ModelCard.load(args.card) if args.card else None
+    url = publish_folder(
+        args.model_dir, args.repo_id, card=card, eval_results=args.eval_results, private=args.private or None
+    )
+    print(f"Published {args.model_dir} to {args.repo_id}: {url}")
+
+
+# ----- parser --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speeder-hf", description="Speeder multimodal-LLM sequential recommendation (speeder_hf)."
+    )
+    parser.add_argument("--verbose", action="store_true", help="Log at INFO level.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=HfArgumentParser)
+
+    train = commands.add_parser(
+        "train",
+        dataclass_types=FinetuneArguments,
+        help="Train, evaluate and save a model (the job of examples/finetune.py).",
+        description="Dataset -> catalog -> SASRec -> Speeder from an LLM -> MPO -> test metrics -> saved model. "
+        "Use -1 for max_train_samples / max_eval_samples to mean all.",
+    )
+    train.set_defaults(handler=train_command)
+
+    catalog = commands.add_parser(
+        "build-catalog",
+        dataclass_types=CatalogArguments,
+        help="Encode a dataset's items (text, image) and train SASRec (id); save the ItemCatalog.",
+        description="Builds the item catalog the way `train` does (cached features), and saves it with its SASRec.",
+    )
+    catalog.set_defaults(handler=build_catalog_command)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="Evaluate a saved model on a dataset split (VHR@1, HR@K, NDCG@K, MRR).",
+        description="Rebuilds the split of `train` (same seed, candidates and history length) and evaluates.",
+    )
+    evaluate.add_argument("--model-dir", required=True, help="A directory saved by `train` / save_pretrained_bundle.")
+    evaluate.add_argument("--dataset", required=True, help="The dataset the model was trained on (name or folder).")
+    evaluate.add_argument("--split", default="test", choices=["validation", "test"])
+    evaluate.add_argument("--seed", type=int, default=0, help="The split seed used in training.")
+    evaluate.add_argument("--max-samples", type=int, default=None, help="Evaluate only the first N users.")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--out", help="Also write the metrics to this JSON file.")
+    evaluate.set_defaults(handler=evaluate_command)
+
+    recommend = commands.add_parser(
+        "recommend",
+        help="Recommend the next items for one history (ids or titles).",
+        description="Retrieves candidates (unless given) and reranks them with the model.",
+    )
+    recommend.add_argument("--model-dir", required=True, help="A saved model directory or Hub repo id.")
+    recommend.add_argument("--history", nargs="+", required=True, help="Item ids or exact titles, oldest first.")
+    recommend.add_argument("--candidates", nargs="+", help="Items to rank (default: retrieve them).")
+    recommend.add_argument("--top-k", type=int, default=10)
+    recommend.add_argument("--json", action="store_true", help="Print the ranking as JSON.")
+    recommend.set_defaults(handler=recommend_command)
+
+    card = commands.add_parser(
+        "card",
+        help="Generate the model card (README.md) of a saved model from its evaluation results.",
+        description="Fills model_cards/template.md: Hub metadata, model-index, widget examples, usage, training.",
+    )
+    card.add_argument("--model-dir", required=True)
+    card.add_argument("--eval-results", required=True, help="eval_results.json written by `train`.")
+    card.add_argument("--out", required=True, help="Where to write the card (e.g. model_cards/speeder-beauty.md).")
+    card.add_argument("--repo-id", help="Hub id used in the usage snippets (default: the directory name).")
+    card.add_argument("--license", default="apache-2.0")
+    card.add_argument("--template", help="A Jinja card template (default: model_cards/template.md).")
+    card.set_defaults(handler=card_command)
+
+    push = commands.add_parser(
+        "push",
+        help="Publish a saved model to the Hub (card written last, one upload_folder commit).",
+        description="Builds the card (unless --card is given), writes README.md, creates the repo, uploads.",
+    )
+    push.add_argument("--model-dir", required=True)
+    push.add_argument("--repo-id", required=True)
+    push.add_argument("--eval-results", help="Default: <model-dir>/eval_results.json.")
+    push.add_argument("--card", help="Upload this card instead of generating one.")
+    push.add_argument("--private", action="store_true")
+    push.set_defaults(handler=push_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if args.verbose else logging.WARNING,
+    )
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

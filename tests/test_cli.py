@@ -1,0 +1,196 @@
+"""Smoke tests of the `speeder-hf` console script on a tiny saved model."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from conftest import tiny_llm, tiny_tokenizer
+from huggingface_hub import ModelCard
+from test_hub import FakeHub, _uploaded, saved  # noqa: F401  (saved is a fixture)
+
+from speeder_hf.catalog import ItemCatalog
+from speeder_hf.cli import build_parser, main
+from speeder_hf.recommend import Recommender
+from speeder_hf.sasrec import SASRec
+
+SUBCOMMANDS = {
+    "build-catalog": "--sasrec_epochs",
+    "train": "--stage_steps",
+    "evaluate": "--model-dir",
+    "recommend": "--history",
+    "card": "--eval-results",
+    "push": "--repo-id",
+}
+
+
+def test_every_subcommand_has_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    top = capsys.readouterr().out
+    for command, flag in SUBCOMMANDS.items():
+        assert command in top
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert flag in capsys.readouterr().out, command
+
+
+def test_console_script_is_installed():
+    (entry,) = [e for e in entry_points(group="console_scripts") if e.name == "speeder-hf"]
+    assert entry.value == "speeder_hf.cli:main" and entry.load() is main
+    assert (Path(sys.executable).parent / "speeder-hf").is_file()
+
+
+def test_recommend(saved, capsys):  # noqa: F811
+    directory = saved[3]
+    main(["recommend", "--model-dir", str(directory), "--history", "I1", "title 2", "--top-k", "3", "--json"])
+    ranking = json.loads(capsys.readouterr().out)
+    expected = Recommender.from_pretrained(str(directory)).recommend([["I1", "title 2"]], top_k=3)[0]
+    assert [r["item_id"] for r in ranking] == [r["item_id"] for r in expected]
+    main(["recommend", "--model-dir", str(directory), "--history", "I1", "--candidates", "I4", "I5"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "[id I4]" in "".join(lines) and "[id I5]" in "".join(lines)
+
+
+def test_recommend_unknown_item_fails_clearly(saved):  # noqa: F811
+    from speeder_hf.recommend import UnknownItemError
+
+    with pytest.raises(UnknownItemError, match="Unknown item 'nope'"):
+        main(["recommend", "--model-dir", str(saved[3]), "--history", "nope"])
+
+
+def test_card(saved, tmp_path, capsys):  # noqa: F811
+    directory = saved[3]
+    out = tmp_path / "cards" / "speeder-tiny.md"
+    main(
+        [
+            "card",
+            "--model-dir",
+            str(directory),
+            "--eval-results",
+            str(directory / "eval_results.json"),
+            "--out",
+            str(out),
+        ]
+    )
+    card = ModelCard.load(out)
+    assert card.data.model_name == "speeder-tiny"  # the directory name, without --repo-id
+    assert card.data.eval_results[0].metric_value == pytest.approx(saved[4]["metrics"]["VHR@1"])
+    assert "Wrote the model card" in capsys.readouterr().out
+
+
+def test_push(saved, tmp_path):  # noqa: F811
+    directory = tmp_path / "model"
+    shutil.copytree(saved[3], directory)
+    fake = FakeHub()
+    with mock.patch("speeder_hf.hub.HfApi", return_value=fake):
+        main(["push", "--model-dir", str(directory), "--repo-id", "org/speeder-tiny", "--private"])
+    (upload,) = fake.uploads
+    assert upload["repo_id"] == "org/speeder-tiny" and fake.created[0]["private"] is True
+    assert {"README.md", "model.safetensors", "item_catalog.json"} <= _uploaded(upload)
+    assert 'model="org/speeder-tiny"' in upload["readme"]
+
+
+def test_parser_builds_finetune_arguments():
+    from speeder_hf.cli import _finetune_arguments
+
+    args = build_parser().parse_args(["train", "--dataset", "x", "--stage_steps", "3", "--max_eval_samples", "-1"])
+    settings = _finetune_arguments(args)
+    assert (settings.dataset, settings.stage_steps, settings.max_eval_samples) == ("x", 3, None)
+
+
+# ----- the data subcommands on a tiny dataset (S3Rec text format) and a tiny LLM folder ------------------------------
+TINY_RUN = [
+    "--modalities",
+    "id",
+    "--num_candidates",
+    "5",
+    "--max_history_len",
+    "8",
+    "--sasrec_epochs",
+    "1",
+    "--seed",
+    "0",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = root / "data"
+    data.mkdir()
+    rng = random.Random(0)
+    lines = [" ".join(map(str, [user, *rng.sample(range(1, 41), 7)])) for user in range(1, 13)]
+    (data / "tiny.txt").write_text("\n".join(lines) + "\n")
+    with open(data / "items.jsonl", "w") as f:
+        for item in range(1, 41):
+            f.write(json.dumps({"item_id": item, "title": f"lipstick {item}", "categories": [["Beauty"]]}) + "\n")
+    tokenizer = tiny_tokenizer()
+    llm = tiny_llm(vocab_size=len(tokenizer))
+    llm.save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data):
+    out = tiny_data / "run"
+    main(
+        ["train", "--dataset", str(tiny_data / "data"), "--output_dir", str(out), "--llm", str(tiny_data / "llm")]
+        + TINY_RUN
+        + ["--stage_steps", "1", "--batch_size", "2", "--max_train_samples", "8", "--max_eval_samples", "4"]
+        + ["--eval_batch_size", "4", "--num_examples", "1"]
+    )
+    return out
+
+
+def test_train_saves_a_model_that_recommends(trained):
+    results = json.loads((trained / "eval_results.json").read_text())
+    assert results["metrics"]["num_samples"] == 4 and results["metrics"]["ValidRatio"] == 1.0
+    assert [stage["name"] for stage in results["mpo_stages"]] == ["align", "id"]
+    catalog = ItemCatalog.load(trained)
+    history = [catalog.item_ids[0], catalog.titles[1]]
+    (ranking,) = Recommender.from_pretrained(str(trained)).recommend([history], top_k=2)
+    assert len(ranking) == 2 and not {r["item_id"] for r in ranking} & set(catalog.item_ids[:2])
+
+
+def test_evaluate_reproduces_the_metrics_of_train(trained, tiny_data, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    main(
+        ["evaluate", "--model-dir", str(trained), "--dataset", str(tiny_data / "data"), "--max-samples", "4"]
+        + ["--out", str(out)]
+    )
+    metrics = json.loads(out.read_text())["metrics"]
+    expected = json.loads((trained / "eval_results.json").read_text())["metrics"]
+    # Same split seed, candidates and history length as training: the same users get the same numbers.
+    numbers = {k: v for k, v in expected.items() if isinstance(v, int | float)}
+    assert {k: metrics[k] for k in numbers} == pytest.approx(numbers)
+    assert metrics["protocol"] == expected["protocol"]
+    assert '"split": "test"' in capsys.readouterr().out
+
+
+def test_evaluate_refuses_another_dataset(trained, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "other.txt").write_text("1 1 2 3\n2 2 3 4\n")
+    with pytest.raises(SystemExit, match="does not have the catalog"):
+        main(["evaluate", "--model-dir", str(trained), "--dataset", str(other)])
+
+
+def test_build_catalog(tiny_data, tmp_path, capsys):
+    out = tmp_path / "catalog"
+    main(["build-catalog", "--dataset", str(tiny_data / "data"), "--out", str(out)] + TINY_RUN)
+    catalog = ItemCatalog.load(out)
+    assert catalog.modalities == ["id"] and catalog.titles[0] == "lipstick 1"
+    assert catalog.features["id"].shape[0] == len(catalog)
+    sasrec = SASRec.from_pretrained(out / "sasrec")
+    assert sasrec.num_items == len(catalog)
+    assert f"Saved the catalog of {len(catalog)} items" in capsys.readouterr().out
