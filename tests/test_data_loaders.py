@@ -16,6 +16,7 @@ from speeder_hf.data import (
     load_amazon_2014,
     load_amazon_2023,
     load_dataset_by_name,
+    load_llara_samples,
     load_movielens,
     load_s3rec,
     movielens_posters,
@@ -207,6 +208,30 @@ def test_attach_images_from_folder_table_and_mapping(tmp_path):
         attach_images(rec, write(tmp_path / "x.tsv", ["id\tpath"]))
 
 
+def test_llara_samples_map_ids_and_fix_candidates(tmp_path):
+    rec = RecDataset.from_sequences("ml", {"u": [str(i) for i in range(1, 31)]})  # item ids "1".."30", rows 0..29
+    path = write(
+        tmp_path / "Test_data.jsonl",
+        [
+            json.dumps({"seq": [[4, 5], [9, 3], [29, 1]], "len_seq": 2, "next": [0, 4]}),  # MovieLens pairs
+            json.dumps({"seq": [7, 8, 30], "len_seq": 2, "next": 1}),  # Steam-style ids, padding 30
+        ],
+    )
+    samples = load_llara_samples(path, rec, num_candidates=6, seed=1)
+    assert samples["user_id"][:] == ["Test_data-0", "Test_data-1"]
+    assert samples["history"][:] == [[4, 9], [7, 8]] and samples["target"][:] == [0, 1]
+    for row in samples:
+        assert len(set(row["candidates"])) == 6 and row["candidates"].count(row["target"]) == 1
+        assert not set(row["candidates"]) & set(row["history"])
+    assert load_llara_samples(path, rec, num_candidates=6, seed=1)["candidates"][:] == samples["candidates"][:]
+    write(path, [json.dumps({"seq": [40], "len_seq": 1, "next": 1})])
+    with pytest.raises(DataFormatError, match=r"line 1: LLaRA id 40 \(item '41'\) is not in the catalog"):
+        load_llara_samples(path, rec, num_candidates=6)
+    write(path, [json.dumps({"seq": [1, 2], "len_seq": 3, "next": 1})])
+    with pytest.raises(DataFormatError, match="len_seq 3 does not fit"):
+        load_llara_samples(path, rec, num_candidates=6)
+
+
 # ----- real data in ../shared/data (never copied into the repo) ---------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "beauty").is_dir(), reason="shared/data/beauty not present")
@@ -228,6 +253,8 @@ def test_movielens_100k_with_posters():
     assert rec.items[0]["item_id"] == "1" and rec.items[0]["title"] == "Toy Story (1995)"
     rec = attach_images(rec, movielens_posters(SHARED / "movielens_posters" / "ml100k_to_ml1m_posters.tsv"))
     assert rec.statistics()["items_with_image"] == 1668  # SOURCES.md §9: 99.2 %
+    test = load_llara_samples(folder / "Test_data.jsonl", rec)
+    assert len(test) == 95 and sum(len(h) for h in test["history"][:]) == 950  # SOURCES.md §9
 
 
 def test_load_dataset_by_name_folders_and_env(tmp_path, monkeypatch):

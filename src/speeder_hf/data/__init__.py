@@ -4,6 +4,7 @@ with fixed evaluation candidates, and per-epoch training candidates."""
 from .amazon import load_amazon_2014, load_amazon_2023
 from .candidates import CandidateSampler, CandidateSamplingDataset, sample_rng
 from .images import IMAGE_EXTENSIONS, attach_images
+from .llara import load_llara_samples
 from .movielens import load_movielens, movielens_posters
 from .named import load_dataset_by_name, shared_data_dir
 from .reading import DataFormatError
@@ -24,6 +25,7 @@ __all__ = [
     "load_amazon_2014",
     "load_amazon_2023",
     "load_dataset_by_name",
+    "load_llara_samples",
     "load_movielens",
     "load_s3rec",
     "make_split",
