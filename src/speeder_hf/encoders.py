@@ -46,7 +46,7 @@ def _default_device() -> torch.device:
 
 def _fingerprint(name: str, settings: dict, module: torch.nn.Module) -> str:
     """Hash of the encoder's name, settings and every weight, so a changed model never hits a stale cache."""
-    digest = hashlib.sha256(json.dumps({"name": name, **settings}, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps({"name": name, **settings}, sort_keys=True, default=str).encode())
     for key, tensor in module.state_dict().items():
         digest.update(key.encode())
         digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -84,7 +84,12 @@ class TextEncoder:
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModel.from_pretrained(str(path)).eval().to(self.device)
         self.batch_size, self.max_length, self.normalize = batch_size, max_length, normalize
-        settings = {"max_length": max_length, "normalize": normalize, "pooling": "mean"}
+        settings = {
+            "max_length": max_length,
+            "normalize": normalize,
+            "pooling": "mean",
+            "tokenizer": [type(self.tokenizer).__name__, len(self.tokenizer)],
+        }
         self.fingerprint = _fingerprint(self.name, settings, self.model)
 
     @property
@@ -144,7 +149,8 @@ class ImageEncoder:
             self.name = str(model_name_or_path)
             self.processor = AutoImageProcessor.from_pretrained(self.name)
             self.model = AutoModel.from_pretrained(self.name).eval().to(self.device)
-        self.fingerprint = _fingerprint(self.name, {"image_size": 224}, self.model)
+        settings = self.processor.to_dict() if self.processor is not None else {"resize": 224, "scale": "(x-127)/128"}
+        self.fingerprint = _fingerprint(self.name, {"preprocessing": settings}, self.model)
 
     def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
         if self.processor is not None:
