@@ -15,7 +15,7 @@ from unittest import mock
 import pytest
 from conftest import tiny_speeder
 from huggingface_hub import ModelCard
-from test_pipeline import NUM_ITEMS, PIPELINE_WIRED, tiny_catalog, tiny_sasrec
+from test_pipeline import NUM_ITEMS, tiny_catalog, tiny_sasrec
 
 import speeder_hf.pipeline_speeder  # noqa: F401  (registers the task)
 from speeder_hf.evaluation import evaluate_ranking
@@ -140,9 +140,6 @@ def test_dataset_names_map_to_citations():
     assert "harper2015movielens" in dataset_info("movielens").citations
 
 
-@pytest.mark.xfail(
-    not PIPELINE_WIRED, reason="speeder_hf/__init__.py does not import pipeline_speeder yet", strict=True
-)
 def test_usage_snippet_runs(card, saved, tmp_path):
     directory = saved[3]
     snippet = re.search(r"```python\n(.*?)```", card.text, flags=re.DOTALL).group(1)

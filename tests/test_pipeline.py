@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -206,10 +205,8 @@ def test_loaded_with_auto_model_recommends_like_the_original(bundle):
     _same_rankings(reloaded.recommend(histories), original.recommend(histories))
 
 
-# `import speeder_hf` alone must register the task; until the package's __init__ imports the pipeline module, the
-# script imports it itself.
-PIPELINE_WIRED = "pipeline_speeder" in Path(speeder_hf.__file__).read_text()
-_FRESH = ("import speeder_hf\n" if PIPELINE_WIRED else "import speeder_hf.pipeline_speeder\n") + textwrap.dedent(
+# `import speeder_hf` alone must register the task.
+_FRESH = "import speeder_hf\n" + textwrap.dedent(
     """
     import json, sys
     from transformers import pipeline

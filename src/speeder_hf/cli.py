@@ -29,12 +29,7 @@ logger = logging.getLogger(__name__)
 def _finetune_arguments(namespace: argparse.Namespace, fields: Sequence[str] | None = None) -> FinetuneArguments:
     """A `FinetuneArguments` from the parsed flags of its fields (the others keep their defaults)."""
     names = [f.name for f in dataclasses.fields(FinetuneArguments) if fields is None or f.name in fields]
-    values = {name: getattr(namespace, name) for name in names}
-    # -1 means "all" on the command line (HfArgumentParser cannot express None for an int).
-    for name in ("max_train_samples", "max_eval_samples"):
-        if values.get(name) is not None and values[name] < 0:
-            values[name] = None
-    return FinetuneArguments(**values)
+    return FinetuneArguments(**{name: getattr(namespace, name) for name in names})
 
 
 def _split(rec, model_config, seed: int):

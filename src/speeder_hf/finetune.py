@@ -1,0 +1,214 @@
+"""The main job end to end: dataset -> item catalog (cached) -> SASRec ID features -> Speeder model from an LLM ->
+MPO -> evaluation on the test split -> save -> reload -> recommendations. `examples/finetune.py` and
+`speeder-hf train` are thin command-line fronts to [`run_finetune`]."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+
+from .backbones import resolve_llm
+from .catalog import ItemCatalog
+from .collator import SpeederDataCollator
+from .data import CandidateSamplingDataset, RecDataset, make_split, training_sequences
+from .encoders import ImageEncoder, TextEncoder, encode_image_modality, encode_text_modality
+from .evaluation import evaluate_ranking
+from .export import save_pretrained_bundle
+from .hub import card_examples
+from .modeling_speeder import SpeederForSequentialRec
+from .mpo import default_stages, run_mpo
+from .recommend import Recommender
+from .sasrec import sasrec_item_features, train_sasrec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneArguments:
+    """Every knob of the main job. The defaults are the `make demo` budget (about 15 minutes on 2 CPU cores)."""
+
+    dataset: str = field(default="beauty", metadata={"help": "Dataset name (beauty, movielens) or a data folder."})
+    output_dir: str = field(default="outputs/speeder-beauty", metadata={"help": "Where the model and results go."})
+    llm: str = field(default="smollm2", metadata={"help": "'smollm2' (offline default) or a local folder / Hub id."})
+    llm_layers: int | None = field(
+        default=None, metadata={"help": "Keep only the LLM's first N layers (a compute budget knob; None = all)."}
+    )
+    text_encoder: str | None = field(default=None, metadata={"help": "Text encoder folder; None = all-MiniLM-L6-v2."})
+    text_max_length: int = field(default=32, metadata={"help": "Tokens per item text for the text encoder."})
+    image_encoder: str | None = field(default=None, metadata={"help": "Image encoder; None = EfficientNet-Lite0."})
+    modalities: str = field(default="text,image,id", metadata={"help": "Modalities to use, in gate order."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Feature cache (default ~/.cache/speeder_hf)."})
+    max_history_len: int = field(default=20, metadata={"help": "Most recent history items per prompt."})
+    num_candidates: int = field(default=20, metadata={"help": "Candidates per sample, target included."})
+    prompt_style: str = field(default="speeder", metadata={"help": "speeder, llara or text."})
+    answer_mode: str = field(default="index", metadata={"help": "index (label token) or title (generated)."})
+    sasrec_epochs: int = field(default=30, metadata={"help": "SASRec epochs (early stopping on validation)."})
+    sasrec_dropout: float = field(default=0.5, metadata={"help": "SASRec dropout (0.5 suits sparse Amazon data)."})
+    max_train_samples: int | None = field(default=4000, metadata={"help": "Subsample training prefixes (None=all)."})
+    stage_steps: int = field(default=40, metadata={"help": "Optimizer steps per MPO stage."})
+    batch_size: int = field(default=8, metadata={"help": "Per-device training batch size."})
+    gradient_accumulation_steps: int = field(default=1)
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak LR of the LoRA stages."})
+    align_learning_rate: float = field(default=2e-3, metadata={"help": "Peak LR of the align stage (MRC + SPAE)."})
+    lora_r: int = field(default=8)
+    lora_alpha: int = field(default=16)
+    mpo_mix: bool = field(default=False, metadata={"help": "LLaRA-style probabilistic modality mixing per stage."})
+    max_eval_samples: int | None = field(default=200, metadata={"help": "Test users evaluated (None = all)."})
+    eval_batch_size: int = field(default=16)
+    num_examples: int = field(default=3, metadata={"help": "Users whose top-5 recommendations are printed."})
+    seed: int = field(default=0)
+    resume: bool = field(default=False, metadata={"help": "Resume an interrupted MPO run from its checkpoints."})
+    bf16: bool = field(default=False, metadata={"help": "Train in bfloat16 mixed precision (GPU)."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to publish the model to."})
+
+    def __post_init__(self) -> None:
+        # A negative sample count on the command line means "all".
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                setattr(self, name, None)
+
+
+def load_named_dataset(name: str) -> RecDataset:
+    """`beauty` (embedded in examples/data), `movielens` (../shared/data with posters) or a folder."""
+    from . import data
+
+    return data.load_dataset_by_name(name)
+
+
+def build_catalog(rec: RecDataset, split, args: FinetuneArguments) -> tuple[ItemCatalog, Any]:
+    """Text and image features from frozen encoders (cached on disk) and SASRec item embeddings as `id`."""
+    wanted = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    catalog = ItemCatalog.from_dataset(rec)
+    if "text" in wanted:
+        encode_text_modality(catalog, TextEncoder(args.text_encoder, max_length=args.text_max_length), args.cache_dir)
+    if "image" in wanted and any(catalog.image_paths):
+        encode_image_modality(catalog, ImageEncoder(args.image_encoder), args.cache_dir)
+    sasrec = None
+    if "id" in wanted:
+        train_seqs = training_sequences(rec, seed=args.seed)
+        result = train_sasrec(
+            train_seqs, rec.num_items, split["validation"], num_epochs=args.sasrec_epochs, seed=args.seed
+        )
+        sasrec = result.model
+        features, present = sasrec_item_features(sasrec, train_seqs)
+        catalog.add_features("id", features, present, source={"encoder": "sasrec", "best_epoch": result.best_epoch})
+    return catalog, sasrec
+
+
+def build_model(catalog: ItemCatalog, args: FinetuneArguments) -> tuple[SpeederForSequentialRec, Any]:
+    """A Speeder model around the LLM, holding the catalog's feature table."""
+    path = resolve_llm(args.llm)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    overrides = {"num_hidden_layers": args.llm_layers} if args.llm_layers else {}
+    llm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **overrides)
+    modalities = catalog.modalities
+    model = SpeederForSequentialRec.from_llm(
+        llm,
+        tokenizer,
+        modalities=modalities,
+        modality_dims=catalog.modality_dims(modalities),
+        max_history_len=args.max_history_len,
+        num_candidates=args.num_candidates,
+        prompt_style=args.prompt_style,
+        answer_mode=args.answer_mode,
+    )
+    model.set_item_features(*catalog.feature_tensors(modalities))
+    return model, tokenizer
+
+
+def machine_description() -> str:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    return f"{platform.machine()} {device}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
+    """Runs the main job; returns the test metrics (also written to `<output_dir>/eval_results.json`)."""
+    start = time.time()
+    set_seed(args.seed)
+    out = Path(args.output_dir)
+    rec = load_named_dataset(args.dataset)
+    split = make_split(rec, num_candidates=args.num_candidates, seed=args.seed, max_history_len=args.max_history_len)
+    logger.info("%s: %s", rec.name, rec.statistics())
+
+    catalog, sasrec = build_catalog(rec, split, args)
+    model, tokenizer = build_model(catalog, args)
+
+    train = split["train"].shuffle(seed=args.seed)
+    if args.max_train_samples is not None:
+        train = train.select(range(min(args.max_train_samples, len(train))))
+    train_dataset = CandidateSamplingDataset(train, rec, args.num_candidates, seed=args.seed)
+    collator = SpeederDataCollator(tokenizer, model.config, item_titles=catalog.titles, item_texts=catalog.texts)
+    stages = default_stages(
+        catalog.modalities,
+        max_steps=args.stage_steps,
+        learning_rate=args.learning_rate,
+        align_learning_rate=args.align_learning_rate,
+        mix=args.mpo_mix,
+    )
+    training_args = TrainingArguments(
+        output_dir=str(out / "mpo"),
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        logging_steps=10,
+        save_steps=max(args.stage_steps // 2, 1),
+        save_total_limit=1,
+        report_to="none",
+        remove_unused_columns=False,
+        bf16=args.bf16,
+        seed=args.seed,
+        dataloader_num_workers=0,
+    )
+    train_start = time.time()
+    model = run_mpo(
+        model,
+        stages,
+        training_args,
+        train_dataset,
+        collator,
+        resume_from_checkpoint=args.resume or None,
+        lora_kwargs={"r": args.lora_r, "alpha": args.lora_alpha},
+        processing_class=tokenizer,
+    )
+    train_seconds = time.time() - train_start
+
+    test = split["test"]
+    if args.max_eval_samples is not None:
+        test = test.select(range(min(args.max_eval_samples, len(test))))
+    save_pretrained_bundle(model, out, tokenizer, catalog, sasrec)
+    model = AutoModel.from_pretrained(out)  # evaluate what was saved, through the Auto class users will call
+    metrics = evaluate_ranking(
+        model, tokenizer, test, item_titles=catalog.titles, item_texts=catalog.texts, batch_size=args.eval_batch_size
+    )
+    results = {
+        "dataset": rec.name,
+        "split": "test",
+        "metrics": metrics,
+        "train_samples_seen": sum(s.max_steps for s in stages) * args.batch_size * args.gradient_accumulation_steps,
+        "mpo_stages": [asdict(s) for s in stages],
+        "train_seconds": round(train_seconds, 1),
+        "wall_seconds": round(time.time() - start, 1),
+        "machine": machine_description(),
+        "command": " ".join(sys.argv),
+        "arguments": asdict(args),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    results["examples"] = card_examples(test, catalog, args.num_examples)
+    (out / "eval_results.json").write_text(json.dumps(results, indent=2))
+
+    recommender = Recommender.from_pretrained(str(out))
+    for user in test.select(range(min(args.num_examples, len(test)))):
+        history = [catalog.item_ids[i] for i in user["history"]]
+        (recs,) = recommender.recommend([history], top_k=5)
+        print(f"\nUser {user['user_id']}: last items {[catalog.titles[i] for i in user['history'][-3:]]}")
+        for rank, item in enumerate(recs, 1):
+            print(f"  {rank}. {item['title']} (id {item['item_id']}, score {item['score']:.3f})")
+    return results
