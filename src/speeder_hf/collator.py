@@ -39,7 +39,8 @@ class SpeederDataCollator:
         - `labels` (train mode): `(B, S)`, -100 except on the answer tokens (`" " + label`, or `" " + title`
           followed by eos in title mode). Eval prompts end where the answer would begin and have no labels.
         - `item_ids`, `item_recency`: `(n,)`, one catalog row per item slot in row-major placeholder order (each
-          slot is `num_item_tokens` placeholders); absent when the prompts have no slots.
+          slot is `num_item_tokens` placeholders); absent when the prompts have no slots. In the `mllm` style each
+          slot also has `config.num_image_tokens` image placeholders, filled by the model from the same row.
         - with `return_metadata`: `candidate_items` `(B, C)` in presented order, `target_index` `(B,)` and
           `history_len` `(B,)` (length of the row's history as given, before any truncation). The model must not
           receive these: take them out with `pop_metadata`.
@@ -113,6 +114,15 @@ class SpeederDataCollator:
                 f"({len(rendered.slot_items)} items x {self.config.num_item_tokens}); is {self.config.item_token!r} "
                 "a special token of this tokenizer?"
             )
+        if self.builder.prompt_style == "mllm":
+            expected = len(rendered.slot_items) * self.config.num_image_tokens
+            found = prompt_ids.count(self.config.image_token_id)
+            if found != expected:
+                raise ValueError(
+                    f"The prompt tokenized into {found} {self.config.image_token} placeholders, expected {expected} "
+                    f"({len(rendered.slot_items)} items x {self.config.num_image_tokens}); is "
+                    f"{self.config.image_token!r} a special token of this tokenizer?"
+                )
         if self.mode == "eval":
             return EncodedRow(prompt_ids, [IGNORE_INDEX] * len(prompt_ids), rendered)
         # Prompt and answer are tokenized apart so the labels cover exactly the answer tokens.

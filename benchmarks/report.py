@@ -1,0 +1,205 @@
+"""Renders the README's results section from the committed result files (never typed by hand):
+`benchmarks/results/efficiency.json` and `benchmarks/results/accuracy.json`, each figure with the command, machine,
+date and budget recorded in its JSON, and the SPEC §7 targets marked as met or missed.
+
+    python benchmarks/report.py                       # writes benchmarks/results/RESULTS.md
+    python benchmarks/report.py --readme README.md    # rewrites README.md between the results markers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+STYLE_ORDER = ("speeder", "llara", "text", "mllm")
+METRICS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
+ABLATIONS = ("speeder_no_gate", "speeder_no_spae", "speeder_no_mpo", "speeder_text_only")
+# SPEC §7: speeder / llara prompt tokens at most, training and inference throughput ratios at least.
+TOKEN_TARGET, TRAIN_TARGET, INFER_TARGET = 0.25, 3.0, 5.0
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def _provenance(result: dict[str, Any]) -> list[str]:
+    machine = result["machine"]
+    return [
+        f"- command: `{result['command']}`",
+        f"- machine: {machine['device']}, {machine['cpu_cores']} CPU cores, torch {machine['torch']}, transformers "
+        f"{machine['transformers']} (1-min load average at start {machine['load_average_1min_at_start']})",
+        f"- date: {result['date']}; backbone: {result['backbone']}",
+    ]
+
+
+def efficiency_section(result: dict[str, Any], image: str) -> list[str]:
+    settings = result["settings"]
+    lines = [
+        "### Efficiency",
+        "",
+        *_provenance(result),
+        f"- budget: {settings['num_candidates']} candidates; training batch {settings['train_batch_size']}, "
+        f"{settings['warmup_steps']} warm-up + {settings['timed_steps']} timed steps, LoRA r={settings['lora']['r']}, "
+        f"{settings['precision']}; inference: {settings['infer_samples']} timed samples in batches of "
+        f"{settings['infer_batch_size']}; prompt tokens averaged over {settings['token_samples']} samples",
+        f"- wall time: {result['wall_seconds'] / 60:.0f} min",
+        "",
+        f"![efficiency]({image})",
+        "",
+    ]
+    for dataset, entry in result["by_dataset"].items():
+        headline = " (headline)" if dataset == result["headline_dataset"] else ""
+        lines += [
+            f"**{dataset}{headline}** ({entry['items']} items)"
+            + "".join(f"; {style} skipped: {why}" for style, why in entry["skipped"].items()),
+            "",
+            "| history | style | prompt tokens | train samples/s | inference samples/s | peak memory (MiB) | answer |",
+            "|---:|---|---:|---:|---:|---:|---|",
+        ]
+        for length, styles in sorted(entry["by_history_len"].items(), key=lambda kv: int(kv[0])):
+            for style in [s for s in STYLE_ORDER if s in styles]:
+                v = styles[style]
+                lines.append(
+                    f"| {length} | {style} | {v['prompt_tokens']:.0f} | {v['train_samples_per_s']:.3f} | "
+                    f"{v['infer_samples_per_s']:.3f} | {v['peak_mem_mb']:.0f} | {v['answer']} |"
+                )
+        lines.append("")
+        for reference in ("llara", "mllm"):
+            table = entry[f"ratios_vs_{reference}"]
+            if not table:
+                continue
+            wanted = (
+                f"SPEC targets: tokens <= {TOKEN_TARGET}, training >= {TRAIN_TARGET}x, inference >= {INFER_TARGET}x"
+                if reference == "llara"
+                else "the ratios should exceed those against llara"
+            )
+            lines += [
+                f"speeder vs {reference} ({wanted}):",
+                "",
+                "| history | prompt tokens | training throughput | inference throughput | peak memory |",
+                "|---:|---:|---:|---:|---:|",
+            ]
+            for length, r in sorted(table.items(), key=lambda kv: int(kv[0])):
+                cells = [f"x{r['prompt_tokens']:.3f}", f"x{r['train_throughput']:.2f}", f"x{r['infer_throughput']:.2f}"]
+                if reference == "llara":
+                    checks = (
+                        r["prompt_tokens"] <= TOKEN_TARGET,
+                        r["train_throughput"] >= TRAIN_TARGET,
+                        r["infer_throughput"] >= INFER_TARGET,
+                    )
+                    cells = [f"{c} ({_mark(ok)})" for c, ok in zip(cells, checks)]
+                lines.append(f"| {length} | " + " | ".join(cells) + f" | x{r['peak_mem']:.2f} |")
+            lines.append("")
+    return lines
+
+
+def accuracy_section(result: dict[str, Any], image: str) -> list[str]:
+    lines = ["### Accuracy", "", *_provenance(result)]
+    if "wall_seconds" in result:
+        lines.append(f"- wall time: {result['wall_seconds'] / 60:.1f} min")
+    lines += ["", f"![accuracy]({image})", ""]
+    datasets = [k for k, v in result.items() if isinstance(v, dict) and "budget" in v]
+    for dataset in datasets:
+        entry = result[dataset]
+        budget, data = entry["budget"], entry["data"]
+        lines += [
+            f"**{dataset}**: {data['test_users']} test users, {data['split']}; {data['candidates']}; histories of "
+            f"up to {data['max_history_len']} items.",
+            f"Budget: {budget['train_samples']} training samples x {budget['epochs']} epoch, batch "
+            f"{budget['batch_size']} ({budget['optimizer_steps']} optimizer steps), LoRA r={budget['lora']['r']}; "
+            f"{budget['note']}.",
+            "",
+            "| method | " + " | ".join(METRICS) + " | train s |",
+            "|---|" + "---:|" * (len(METRICS) + 1),
+        ]
+        methods = entry["methods"]
+        for name, metrics in methods.items():
+            seconds = metrics.get("train_seconds")
+            lines.append(
+                f"| {name} | " + " | ".join(_fmt(metrics.get(k)) for k in METRICS) + f" | {_fmt(seconds, 0)} |"
+            )
+        for name, reason in entry.get("skipped", {}).items():
+            lines.append(f"| {name} | skipped: {reason} |" + " |" * len(METRICS))
+        lines += ["", *accuracy_targets(methods), ""]
+    lines.append(
+        "Title-answer methods (llara, text, mllm) generate one answer (LLaRA's parser), so they have no ranking "
+        "metrics (–). SASRec ranks all candidates: its VHR@1 is its HR@1."
+    )
+    return lines
+
+
+def accuracy_targets(methods: dict[str, dict]) -> list[str]:
+    if "speeder" not in methods:
+        return ["- targets: speeder was not run."]
+    full = methods["speeder"]["VHR@1"]
+    lines = []
+    for other, label in (("llara", "llara VHR@1"), ("sasrec", "SASRec HR@1")):
+        if other in methods:
+            value = methods[other]["VHR@1"]
+            lines.append(f"- speeder VHR@1 {full:.4f} >= {label} {value:.4f}: {_mark(full >= value)}")
+    for ablation in ABLATIONS:
+        if ablation in methods:
+            value = methods[ablation]["VHR@1"]
+            verdict = "below the full model" if value < full else "**not below the full model** (does not help here)"
+            lines.append(f"- {ablation}: VHR@1 {value:.4f}, {verdict}")
+    return lines
+
+
+def render(results_dir: Path, output: Path) -> str:
+    """The markdown section; image links are relative to `output`'s folder."""
+    shown = results_dir.relative_to(REPO) if results_dir.is_relative_to(REPO) else results_dir
+    lines = [
+        START,
+        "## Results",
+        "",
+        f"*Generated by `python benchmarks/report.py` from `{shown}/*.json`; do not edit by hand.*",
+        "",
+    ]
+    for name, section in (("efficiency", efficiency_section), ("accuracy", accuracy_section)):
+        path = results_dir / f"{name}.json"
+        if not path.is_file():
+            lines += [f"### {name.capitalize()}", "", f"Not produced yet: run `python benchmarks/{name}.py`.", ""]
+            continue
+        image = os.path.relpath(results_dir / f"{name}.png", output.parent)
+        lines += section(json.loads(path.read_text()), image) + [""]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def rewrite_readme(readme: Path, section: str) -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme} has no {START} ... {END} markers; add them where the results should go.")
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    readme.write_text(before + section.rstrip("\n") + after)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "RESULTS.md")
+    parser.add_argument("--readme", type=Path, default=None, help="rewrite this file between the results markers")
+    args = parser.parse_args(argv)
+    target = args.readme or args.out
+    section = render(args.results_dir.resolve(), target.resolve())
+    if args.readme:
+        rewrite_readme(args.readme, section)
+    else:
+        args.out.write_text(section)
+    print(f"wrote {target}")
+    return section
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""Baselines (LLaRA curriculum, uncompressed MLLM style) and the benchmark scripts: `--quick` runs of
+benchmarks/efficiency.py and benchmarks/accuracy.py produce every field of their result files, and the README
+section is rendered from them."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_llm, tiny_tokenizer
+from PIL import Image
+
+from speeder_hf import SpeederConfig
+from speeder_hf.baselines import (
+    LlaraCurriculumCallback,
+    LlaraForSequentialRec,
+    MLLMForSequentialRec,
+    spatial_image_features,
+)
+from speeder_hf.collator import SpeederDataCollator
+from speeder_hf.evaluation import evaluate_ranking
+from speeder_hf.prompts import PromptBuilder
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import accuracy  # noqa: E402
+import common  # noqa: E402
+import efficiency  # noqa: E402
+import report  # noqa: E402
+
+TITLES = [f"{noun} {color}" for color in ("red", "blue", "green") for noun in "lipstick mascara soap cream gel".split()]
+ROWS = [
+    {"user_id": "u0", "history": [0, 1, 2], "candidates": [5, 6, 7, 8, 9], "target": 7},
+    {"user_id": "u1", "history": [3], "candidates": [10, 11, 12, 13, 14], "target": 10},
+]
+
+
+def tiny_mllm(num_image_tokens: int = 3, image_dim: int = 6):
+    tokenizer = tiny_tokenizer()
+    model = MLLMForSequentialRec.from_llm(
+        tiny_llm(vocab_size=160),
+        tokenizer,
+        num_image_tokens=num_image_tokens,
+        image_feature_dim=image_dim,
+        modalities=["id"],
+        modality_dims=[8],
+        mrc_hidden_size=16,
+        gate_hidden_size=8,
+        max_history_len=8,
+        num_candidates=5,
+        spae_absolute=False,
+        spae_relative=False,
+        prompt_style="llara",
+        answer_mode="title",
+    )
+    generator = torch.Generator().manual_seed(0)
+    model.set_item_features({"id": torch.randn(15, 8, generator=generator)}, torch.ones(15, 1, dtype=torch.bool))
+    model.set_image_patches(torch.randn(15, num_image_tokens, image_dim, generator=generator))
+    return model.eval(), tokenizer
+
+
+# ----- prompts and models ----------------------------------------------------------------------------------------
+def test_mllm_prompt_writes_title_image_cells_and_id_slot_per_item():
+    config = SpeederConfig(max_history_len=4, num_candidates=2, image_token="<image>", num_image_tokens=2)
+    rendered = PromptBuilder(config, TITLES, prompt_style="mllm", answer_mode="title").render([0, 1], [2, 3], 3)
+    assert rendered.prompt == (
+        "This user has interacted with lipstick red <image><image><item>, mascara red <image><image><item> in the "
+        "previous. Please predict the next item this user will interact with. Choose the answer from the following 2 "
+        "candidates: soap red <image><image><item>, cream red <image><image><item>. Answer:"
+    )
+    assert rendered.answer == " cream red"
+    assert rendered.slot_items == [0, 1, 2, 3] and rendered.slot_recency == [2, 1, 0, 0]
+
+
+def test_mllm_prompt_needs_image_settings_and_rejects_titles_with_the_image_token():
+    with pytest.raises(ValueError, match="mllm prompt style needs config.image_token"):
+        PromptBuilder(SpeederConfig(), TITLES, prompt_style="mllm")
+    config = SpeederConfig(num_candidates=2, image_token="<image>", num_image_tokens=2)
+    titles = ["a <image> b", *TITLES[1:]]
+    with pytest.raises(ValueError, match="reserved token '<image>'"):
+        PromptBuilder(config, titles, prompt_style="mllm", answer_mode="title").render([1], [0, 2], 2)
+
+
+def test_mllm_collator_counts_image_placeholders_and_model_splices_feature_maps():
+    model, tokenizer = tiny_mllm()
+    collator = SpeederDataCollator(tokenizer, model.config, TITLES, prompt_style="mllm", answer_mode="title")
+    batch = collator(ROWS)
+    n_items = len(batch["item_ids"])
+    assert n_items == 3 + 5 + 1 + 5
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == n_items * 3
+    assert int((batch["input_ids"] == model.config.item_token_id).sum()) == n_items
+
+    model.train()
+    loss = model(**batch).loss
+    loss.backward()
+    projector = model.mrc.image_projector
+    assert projector.fc1.weight.grad is not None and projector.fc1.weight.grad.abs().sum() > 0
+
+    # The image tokens are the projected cells of each item, in placeholder order.
+    model.eval()
+    embeds, _ = model.embed_inputs(batch["input_ids"], batch["item_ids"], item_recency=batch["item_recency"])
+    image_positions = batch["input_ids"] == model.config.image_token_id
+    with torch.no_grad():
+        expected = projector(model.image_patches[batch["item_ids"]]).reshape(-1, embeds.shape[-1])
+    assert torch.allclose(embeds[image_positions], expected, atol=1e-6)
+
+
+def test_mllm_generation_never_emits_placeholders_and_bad_patch_shapes_fail():
+    model, tokenizer = tiny_mllm()
+    assert model.config.image_token_id in model.never_generate_ids
+    collator = SpeederDataCollator(
+        tokenizer, model.config, TITLES, mode="eval", prompt_style="mllm", answer_mode="title"
+    )
+    batch = collator(ROWS)
+    SpeederDataCollator.pop_metadata(batch)
+    new = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert not set(new.flatten().tolist()) & set(model.never_generate_ids)
+    with pytest.raises(ValueError, match=r"\(num_items, K, C\)"):
+        model.set_image_patches(torch.zeros(15, 2, 6))
+    metrics = evaluate_ranking(
+        model, tokenizer, ROWS, TITLES, prompt_style="mllm", answer_mode="title", max_new_tokens=4,
+        show_progress=False,
+    )  # fmt: skip
+    assert metrics["prompt_style"] == "mllm" and metrics["num_samples"] == 2
+
+
+def tiny_llara():
+    tokenizer = tiny_tokenizer()
+    model = LlaraForSequentialRec.from_llm(
+        tiny_llm(),
+        tokenizer,
+        modalities=["id"],
+        modality_dims=[8],
+        mrc_hidden_size=16,
+        gate_hidden_size=8,
+        max_history_len=8,
+        num_candidates=5,
+        spae_absolute=False,
+        spae_relative=False,
+        prompt_style="llara",
+        answer_mode="title",
+    )
+    model.set_item_features({"id": torch.randn(15, 8)}, torch.ones(15, 1, dtype=torch.bool))
+    return model, tokenizer
+
+
+def test_llara_text_only_step_keeps_the_placeholder_embedding():
+    model, tokenizer = tiny_llara()
+    batch = SpeederDataCollator(tokenizer, model.config, TITLES)(ROWS)
+    placeholders = batch["input_ids"] == model.config.item_token_id
+    plain = model.get_input_embeddings()(batch["input_ids"])
+    hybrid, gate = model.embed_inputs(batch["input_ids"], batch["item_ids"])
+    assert gate is not None and not torch.allclose(hybrid[placeholders], plain[placeholders])
+    model.use_item_tokens = False
+    text_only, gate = model.embed_inputs(batch["input_ids"], batch["item_ids"])
+    assert gate is None and torch.equal(text_only, plain)
+    model.train()
+    model(**batch).loss.backward()
+    assert all(p.grad is None for p in model.mrc.parameters())  # LLaRA: no projector update on text-only steps
+
+
+def test_llara_curriculum_ramps_from_text_only_to_hybrid_by_global_step():
+    model = SimpleNamespace(use_item_tokens=True)
+    callback = LlaraCurriculumCallback(model, seed=3)
+    draws = []
+    for step in range(1000):
+        callback.on_step_begin(None, SimpleNamespace(global_step=step, max_steps=1000), None)
+        draws.append(model.use_item_tokens)
+    assert draws[0] is False  # step 0: probability 0 of the hybrid prompt
+    assert 0.1 < np.mean(draws[:300]) < 0.2 and np.mean(draws[-300:]) > 0.8
+    callback.on_step_begin(None, SimpleNamespace(global_step=500, max_steps=1000), None)
+    again = model.use_item_tokens
+    assert again == draws[500]  # seeded by step: a resumed run draws the same prompts
+    callback.on_train_end(None, None, None)
+    assert model.use_item_tokens is True  # evaluation uses the hybrid prompt
+
+
+def test_spatial_image_features_of_efficientnet(tmp_path):
+    from speeder_hf.encoders import ImageEncoder
+
+    paths = []
+    for i, color in enumerate(("red", "navy")):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (60, 90), color).save(paths[-1])
+    encoder = ImageEncoder(device="cpu")
+    maps, present = spatial_image_features(encoder, [paths[0], None, paths[1]], progress=False)
+    assert maps.shape == (3, 49, 1280) and present.tolist() == [True, False, True]
+    assert not maps[1].any() and not np.allclose(maps[0], maps[2])
+    pooled = encoder.encode([Image.open(paths[0]).convert("RGB")])  # the encoder's own pooled vector
+    assert np.allclose(maps[0].mean(0), pooled[0], atol=1e-4)
+    maps, _ = spatial_image_features(encoder, [paths[0]], grid=2, progress=False)
+    assert maps.shape == (1, 4, 1280)
+
+
+def test_stage_slices_give_each_stage_its_own_samples():
+    base = SimpleNamespace(items=list(range(10)), epoch=None)
+
+    class Base:
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return i
+
+        def set_epoch(self, epoch):
+            base.epoch = epoch
+
+    slices = common.StageSlices(Base(), 3)
+    callback = common.stage_slice_callback(slices)
+    seen = []
+    for _ in range(3):
+        callback.on_train_begin(None, None, None)
+        seen.append([slices[i] for i in range(len(slices))])
+    assert seen == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    slices.set_epoch(2)
+    assert base.epoch == 2
+
+
+def test_method_stages():
+    stages = common.make_stages(common.METHODS["speeder"], ["text", "image", "id"], 5e-4, 2e-3)
+    assert [s.name for s in stages] == ["align", "text", "text+image", "all"]
+    no_spae = common.make_stages(common.METHODS["speeder_no_spae"], ["text", "id"], 5e-4, 2e-3)
+    assert all("spae" not in s.train for s in no_spae) and [s.name for s in no_spae] == ["align", "text", "all"]
+    (single,) = common.make_stages(common.METHODS["speeder_no_mpo"], ["text", "id"], 5e-4, 2e-3)
+    assert single.lora and single.modalities == ["text", "id"] and single.num_train_epochs == 1.0
+
+
+# ----- the benchmark scripts ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    eff = efficiency.main(["--quick", "--out", str(out)])
+    acc = accuracy.main(["--quick", "--out", str(out)])
+    return out, eff, acc
+
+
+def test_efficiency_quick_writes_every_field(quick_results):
+    out, _, _ = quick_results
+    result = json.loads((out / "efficiency.json").read_text())
+    for key in ("machine", "command", "backbone", "by_history_len", "ratios_vs_llara", "ratios_vs_mllm", "date"):
+        assert key in result
+    assert "--quick" in result["command"] and (out / "efficiency.png").stat().st_size > 0
+    assert sorted(result["by_history_len"], key=int) == ["10", "20", "50"]
+    for length, styles in result["by_history_len"].items():
+        assert set(styles) == {"speeder", "llara", "text", "mllm"}
+        for values in styles.values():
+            for field in ("prompt_tokens", "train_samples_per_s", "infer_samples_per_s", "peak_mem_mb"):
+                assert isinstance(values[field], float) and values[field] > 0
+        # The soft-token prompt is the shortest, and the uncompressed multimodal one the longest.
+        tokens = {style: values["prompt_tokens"] for style, values in styles.items()}
+        assert tokens["speeder"] < tokens["llara"] < tokens["mllm"]
+        for reference in ("llara", "mllm"):
+            ratio = result[f"ratios_vs_{reference}"][length]
+            expected = styles["speeder"]["train_samples_per_s"] / styles[reference]["train_samples_per_s"]
+            assert math.isclose(ratio["train_throughput"], expected, rel_tol=1e-2)
+            assert math.isclose(ratio["prompt_tokens"], tokens["speeder"] / tokens[reference], rel_tol=1e-3)
+            assert set(ratio) >= {"prompt_tokens", "train_throughput", "infer_throughput"}
+    # Longer histories cost the uncompressed styles more tokens per added item than speeder.
+    grow = {s: result["by_history_len"]["50"][s]["prompt_tokens"] - result["by_history_len"]["10"][s]["prompt_tokens"]
+            for s in ("speeder", "mllm")}  # fmt: skip
+    assert grow["speeder"] == pytest.approx(40 * 2, abs=1) and grow["mllm"] > 4 * grow["speeder"]
+
+
+def test_accuracy_quick_writes_every_field(quick_results):
+    out, _, _ = quick_results
+    result = json.loads((out / "accuracy.json").read_text())
+    assert {"command", "machine"} <= set(result) and (out / "accuracy.png").stat().st_size > 0
+    entry = result["synthetic"]
+    assert entry["budget"]["train_samples"] == 24 and entry["budget"]["epochs"] == 1
+    assert set(entry["methods"]) == set(accuracy.ALL_METHODS) and not entry["skipped"]
+    for name, metrics in entry["methods"].items():
+        for key in ("VHR@1", "ValidRatio", "HR@1", "HR@5", "NDCG@5", "NDCG@10", "by_history_len"):
+            assert key in metrics, (name, key)
+        assert math.isclose(metrics["VHR@1"], metrics["HR@1"] * metrics["ValidRatio"], abs_tol=1e-9)
+        ranked = name == "sasrec" or common.METHODS[name].answer_mode == "index"
+        assert (metrics["NDCG@10"] is not None) == ranked
+        assert sum(b["num_samples"] for b in metrics["by_history_len"].values()) == entry["data"]["test_users"]
+        if name != "sasrec":
+            assert metrics["train_samples_seen"] <= 24 and metrics["train_seconds"] > 0
+    stages = {name: [s["name"] for s in m["stages"]] for name, m in entry["methods"].items() if "stages" in m}
+    assert stages["speeder"] == ["align", "text", "text+image", "all"] and stages["speeder_no_mpo"] == ["all"]
+    assert "| speeder |" in (out / "accuracy.md").read_text()
+
+
+def test_accuracy_resume_keeps_finished_methods_and_time_budget_skips(quick_results, tmp_path):
+    out, _, _ = quick_results
+    (tmp_path / "accuracy.json").write_text((out / "accuracy.json").read_text())
+    before = json.loads((tmp_path / "accuracy.json").read_text())["synthetic"]["methods"]["sasrec"]
+    result = accuracy.main(["--quick", "--out", str(tmp_path), "--resume", "--methods", "sasrec,llara"])
+    assert result["synthetic"]["methods"]["sasrec"] == before
+    result = accuracy.main(["--quick", "--out", str(tmp_path), "--methods", "sasrec", "--time-budget-s", "0"])
+    assert result["synthetic"]["methods"] == {} and "time budget" in result["synthetic"]["skipped"]["sasrec"]
+
+
+def test_report_renders_from_the_json_and_rewrites_only_between_markers(quick_results, tmp_path):
+    out, _, _ = quick_results
+    section = report.main(["--results-dir", str(out), "--out", str(tmp_path / "RESULTS.md")])
+    assert "### Efficiency" in section and "### Accuracy" in section
+    assert "| 50 | mllm |" in section and "speeder vs mllm" in section
+    efficiency_result = json.loads((out / "efficiency.json").read_text())
+    assert efficiency_result["command"] in section
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{report.START}\nold\n{report.END}\n\n## after\n")
+    report.main(["--results-dir", str(out), "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith("# title\n\n" + report.START) and text.endswith(report.END + "\n\n## after\n")
+    assert "old" not in text and text.count(report.START) == 1
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- results:start -->"):
+        report.main(["--results-dir", str(out), "--readme", str(readme)])
+
+
+def test_prepared_data_round_trip(tmp_path):
+    data = common.synthetic_data()
+    size = common.save_bench_data(tmp_path / "synthetic", data)
+    loaded = common.load_bench_data(tmp_path / "synthetic")
+    assert size > 0 and loaded.catalog.modalities == data.catalog.modalities
+    for modality in data.catalog.modalities:  # stored as float16
+        assert np.allclose(loaded.catalog.features[modality], data.catalog.features[modality], atol=2e-2)
+    assert loaded.spatial.shape == data.spatial.shape and loaded.sasrec.num_items == data.rec.num_items
+    with pytest.raises(FileNotFoundError, match="prepare_catalogs.py"):
+        common.load_bench_data(tmp_path / "absent")
