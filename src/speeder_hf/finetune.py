@@ -52,6 +52,8 @@ class FinetuneArguments:
     prompt_style: str = field(default="speeder", metadata={"help": "speeder, llara or text."})
     answer_mode: str = field(default="index", metadata={"help": "index (label token) or title (generated)."})
     sasrec_epochs: int = field(default=30, metadata={"help": "SASRec epochs (early stopping on validation)."})
+    sasrec_loss: str = field(default="bce", metadata={"help": "SASRec loss: bce (one negative, fast) or ce (full)."})
+    sasrec_max_len: int = field(default=20, metadata={"help": "SASRec sequence length."})
     sasrec_dropout: float = field(default=0.5, metadata={"help": "SASRec dropout (0.5 suits sparse Amazon data)."})
     max_train_samples: int | None = field(default=4000, metadata={"help": "Subsample training prefixes (None=all)."})
     stage_steps: int = field(default=40, metadata={"help": "Optimizer steps per MPO stage."})
@@ -96,7 +98,14 @@ def build_catalog(rec: RecDataset, split, args: FinetuneArguments) -> tuple[Item
     if "id" in wanted:
         train_seqs = training_sequences(rec, seed=args.seed)
         result = train_sasrec(
-            train_seqs, rec.num_items, split["validation"], num_epochs=args.sasrec_epochs, seed=args.seed
+            train_seqs,
+            rec.num_items,
+            split["validation"],
+            num_epochs=args.sasrec_epochs,
+            dropout=args.sasrec_dropout,
+            loss=args.sasrec_loss,
+            max_len=args.sasrec_max_len,
+            seed=args.seed,
         )
         sasrec = result.model
         features, present = sasrec_item_features(sasrec, train_seqs)
