@@ -9,6 +9,9 @@ export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TRANSFORMERS_VERBOSITY ?= error
 
+# The demo's CPU budget: the first 12 of SmolLM2's 30 layers, 3 MPO stages x 30 steps of 8 samples, 200 test users.
+DEMO_FLAGS ?= --llm_layers 12 --stage_steps 30 --batch_size 8 --max_eval_samples 200
+
 .PHONY: install test demo lint
 
 $(BIN)/.installed: setup.py constraints-ci.txt
@@ -27,4 +30,4 @@ lint: install
 	$(BIN)/ruff check src tests examples benchmarks
 
 demo: install
-	$(BIN)/python examples/finetune.py --output_dir outputs/speeder-beauty
+	$(BIN)/python examples/finetune.py --output_dir outputs/speeder-beauty $(DEMO_FLAGS)

@@ -9,6 +9,8 @@ import logging
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ class FinetuneArguments:
     num_candidates: int = field(default=20, metadata={"help": "Candidates per sample, target included."})
     prompt_style: str = field(default="speeder", metadata={"help": "speeder, llara or text."})
     answer_mode: str = field(default="index", metadata={"help": "index (label token) or title (generated)."})
-    sasrec_epochs: int = field(default=30, metadata={"help": "SASRec epochs (early stopping on validation)."})
+    sasrec_epochs: int = field(default=15, metadata={"help": "SASRec epochs (early stopping on validation)."})
     sasrec_loss: str = field(default="bce", metadata={"help": "SASRec loss: bce (one negative, fast) or ce (full)."})
     sasrec_max_len: int = field(default=20, metadata={"help": "SASRec sequence length."})
     sasrec_dropout: float = field(default=0.5, metadata={"help": "SASRec dropout (0.5 suits sparse Amazon data)."})
@@ -97,20 +99,31 @@ def build_catalog(rec: RecDataset, split, args: FinetuneArguments) -> tuple[Item
     sasrec = None
     if "id" in wanted:
         train_seqs = training_sequences(rec, seed=args.seed)
-        result = train_sasrec(
-            train_seqs,
-            rec.num_items,
-            split["validation"],
-            num_epochs=args.sasrec_epochs,
-            dropout=args.sasrec_dropout,
-            loss=args.sasrec_loss,
-            max_len=args.sasrec_max_len,
-            seed=args.seed,
-        )
+        with torch_threads(1):  # a tiny model: a second thread only adds sync overhead (20x slower on a busy box)
+            result = train_sasrec(
+                train_seqs,
+                rec.num_items,
+                split["validation"],
+                num_epochs=args.sasrec_epochs,
+                dropout=args.sasrec_dropout,
+                loss=args.sasrec_loss,
+                max_len=args.sasrec_max_len,
+                seed=args.seed,
+            )
         sasrec = result.model
         features, present = sasrec_item_features(sasrec, train_seqs)
         catalog.add_features("id", features, present, source={"encoder": "sasrec", "best_epoch": result.best_epoch})
     return catalog, sasrec
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def build_model(catalog: ItemCatalog, args: FinetuneArguments) -> tuple[SpeederForSequentialRec, Any]:
