@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -61,6 +63,17 @@ def tiny_llm(arch: str = "llama", vocab_size: int = 128, tie: bool = True):
             bos_token_id=1,
         )
     return AutoModelForCausalLM.from_config(config)
+
+
+def run_fresh_python(args: list[str], cwd, **env) -> subprocess.CompletedProcess:
+    """Runs `python *args` in a new process (offline, quiet transformers) and fails the test on a non-zero exit,
+    showing the child's stderr."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", **env}
+    result = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 TINY_MODALITIES = {"modalities": ["text", "image", "id"], "modality_dims": [12, 10, 8]}

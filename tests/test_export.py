@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_speeder
+from conftest import run_fresh_python, tiny_speeder
 from safetensors.torch import load_file, save_file
 
 from speeder_hf.catalog import ItemCatalog
@@ -118,15 +115,8 @@ def test_trust_remote_code_load_without_the_package_gives_identical_logits(tmp_p
     inputs = _sample_inputs(model, tokenizer)
     save_file({k: v.contiguous() for k, v in inputs.items()}, tmp_path / "inputs.safetensors")
     (tmp_path / "child.py").write_text(_CHILD)
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_MODULES_CACHE": str(tmp_path / "modules"),  # the dynamic-module copy goes to the tmp dir
-        "PYTHONNOUSERSITE": "1",
-    }
-    result = subprocess.run(
+    run_fresh_python(
         [
-            sys.executable,
             "-I",
             str(tmp_path / "child.py"),
             str(model_dir),
@@ -134,12 +124,9 @@ def test_trust_remote_code_load_without_the_package_gives_identical_logits(tmp_p
             str(tmp_path / "out.safetensors"),
         ],
         cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        HF_MODULES_CACHE=str(tmp_path / "modules"),  # the dynamic-module copy goes to the tmp dir
+        PYTHONNOUSERSITE="1",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     with torch.no_grad():
         expected = model(**inputs).logits
     out = load_file(tmp_path / "out.safetensors")

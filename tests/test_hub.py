@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from unittest import mock
 
 import pytest
-from conftest import tiny_speeder
+from conftest import run_fresh_python, tiny_speeder
 from huggingface_hub import ModelCard
 from test_pipeline import NUM_ITEMS, tiny_catalog, tiny_sasrec
 
@@ -145,16 +142,7 @@ def test_usage_snippet_runs(card, saved, tmp_path):
     snippet = re.search(r"```python\n(.*?)```", card.text, flags=re.DOTALL).group(1)
     assert 'model="someone/speeder-tiny"' in snippet
     (tmp_path / "snippet.py").write_text(snippet.replace("someone/speeder-tiny", str(directory)))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    result = subprocess.run(
-        [sys.executable, str(tmp_path / "snippet.py")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_fresh_python([str(tmp_path / "snippet.py")], cwd=tmp_path)
     assert "'item_id'" in result.stdout and "'score'" in result.stdout
 
 

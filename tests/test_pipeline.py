@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import tiny_speeder
+from conftest import run_fresh_python, tiny_speeder
 from transformers import AutoModel, pipeline
 
 import speeder_hf
@@ -221,15 +218,6 @@ _FRESH = "import speeder_hf\n" + textwrap.dedent(
 def test_save_load_in_a_fresh_process_gives_identical_recommendations(bundle, pipe, tmp_path):
     directory = bundle[3]
     (tmp_path / "fresh.py").write_text(_FRESH)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    result = subprocess.run(
-        [sys.executable, str(tmp_path / "fresh.py"), str(directory), json.dumps(INPUTS)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_fresh_python([str(tmp_path / "fresh.py"), str(directory), json.dumps(INPUTS)], cwd=tmp_path)
     fresh = json.loads(result.stdout.strip().splitlines()[-1])
     _same_rankings(fresh, pipe(INPUTS))
