@@ -12,9 +12,11 @@ eos, i.e. the cost of a trained model that stops right after its answer (LLaRA's
 Samples at history length L: users with at least L + 1 items, the L items before their last one as history, the
 last as target, and 20 candidates (target + 19 uniform negatives outside the user's items). Batches are collated
 before timing; timing covers forward, backward and the AdamW step (training: `--warmup-steps` untimed, then
-`--timed-steps`), or scoring / generation (inference, after one untimed batch, LoRA merged). Peak memory: CUDA
-`max_memory_allocated`; on CPU the peak resident set size sampled during the timed phases (weights included).
-Every (dataset, style, history length) runs in its own process, so memories and caches do not mix.
+`--timed-steps`), or scoring / generation (inference, LoRA merged, after one untimed single-sample batch). Time is
+wall time on CUDA; on CPU it is the process's CPU time with one torch thread, because other jobs on a shared machine
+inflate wall time (wall time is recorded too). Peak memory: CUDA `max_memory_allocated`; on CPU the peak resident
+set size sampled during the timed phases (weights included). Every (dataset, style, history length) runs in its own
+process, so memories and caches do not mix.
 
 Writes `<out>/efficiency.json` and `<out>/efficiency.png` and prints speeder's ratios against `llara` and `mllm`.
 
@@ -82,17 +84,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--llm", default="smollm2", help="backbone folder, or 'smollm2' (offline default)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--num-candidates", type=int, default=20)
-    parser.add_argument("--train-batch-size", type=int, default=2)
+    # One sample per step keeps the longest configuration (mllm, history 50: ~4300 tokens) near 10 GB on CPU.
+    parser.add_argument("--train-batch-size", type=int, default=1)
     parser.add_argument("--warmup-steps", type=int, default=1)
-    parser.add_argument("--timed-steps", type=int, default=2)
+    parser.add_argument("--timed-steps", type=int, default=3)
     parser.add_argument("--infer-samples", type=int, default=4, help="timed inference samples")
     parser.add_argument("--infer-batch-size", type=int, default=2)
     parser.add_argument("--token-samples", type=int, default=32, help="samples averaged for prompt tokens")
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--lora-alpha", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU time is exact with one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--in-process", action="store_true", help="run every configuration in this process")
+    parser.add_argument("--resume", action="store_true", help="keep configurations already in <out>/efficiency.json")
     parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic data (smoke test)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -121,7 +125,7 @@ class PeakMemory:
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.005):
+        while not self._stop.wait(0.02):
             self.peak_mb = max(self.peak_mb, self._rss_mb())
 
     def __enter__(self) -> PeakMemory:
@@ -167,6 +171,23 @@ def synchronize(cuda: bool) -> None:
         torch.cuda.synchronize()
 
 
+class Clock:
+    """Measured time from its creation: wall time on CUDA (after synchronising); on CPU this process's CPU time,
+    which a shared, loaded machine does not inflate (with one torch thread no core spins waiting for another)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.wall, self.cpu = cuda, time.perf_counter(), time.process_time()
+
+    def elapsed(self) -> dict[str, float | str]:
+        synchronize(self.cuda)
+        wall, cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        return {
+            "measured": wall if self.cuda else cpu,
+            "wall": wall,
+            "clock": "wall time (CUDA synchronised)" if self.cuda else "process CPU time, 1 core",
+        }
+
+
 def measure(config: dict[str, Any]) -> dict[str, Any]:
     """Runs one (dataset, style, history length) configuration and returns its measurements."""
     torch.set_num_threads(config["threads"])
@@ -180,7 +201,7 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
 
     batch, warmup, timed = config["train_batch_size"], config["warmup_steps"], config["timed_steps"]
     infer_batch, infer_samples = config["infer_batch_size"], config["infer_samples"]
-    needed = max(config["token_samples"], (warmup + timed) * batch + infer_batch + infer_samples)
+    needed = max(config["token_samples"], (warmup + timed) * batch + 1 + infer_samples)
     rows = samples_at(data, config["history_len"], needed, config["num_candidates"], config["seed"])
     eval_collator = make_collator(spec, model, tokenizer, data, mode="eval")
     prompt_lengths = [len(eval_collator.encode(row).input_ids) for row in rows[: config["token_samples"]]]
@@ -200,14 +221,14 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         for step, inputs in enumerate(train_batches):
             if step == warmup:
                 synchronize(cuda)
-                train_start = time.perf_counter()
+                train_start = Clock(cuda)
             with autocast:
                 loss = model(**inputs).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         synchronize(cuda)
-        train_seconds = time.perf_counter() - train_start
+        train_time = train_start.elapsed()
     del optimizer, train_batches
 
     # Inference under the style's own protocol, on the merged model.
@@ -215,24 +236,28 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
     if cuda:
         model = model.to(torch.bfloat16)
     infer_rows = rows[(warmup + timed) * batch :]
-    infer_batches = [infer_rows[i : i + infer_batch] for i in range(0, infer_batch + infer_samples, infer_batch)]
+    # One single-sample batch warms up, then the timed batches.
+    timed_rows = infer_rows[1 : 1 + infer_samples]
+    infer_batches = [infer_rows[:1], *(timed_rows[i : i + infer_batch] for i in range(0, infer_samples, infer_batch))]
+    prepared = []
+    for batch_rows in infer_batches:
+        inputs = eval_collator(batch_rows)
+        SpeederDataCollator.pop_metadata(inputs)
+        # A trained title model stops after the target title and eos; a batch runs until its longest answer ends.
+        answer = max(
+            len(tokenizer(" " + data.catalog.titles[row["target"]], add_special_tokens=False)["input_ids"]) + 1
+            for row in batch_rows
+        )
+        prepared.append(({k: v.to(device) for k, v in inputs.items()}, answer, len(batch_rows)))
     new_tokens = []
     with PeakMemory(cuda) as infer_memory, torch.no_grad():
-        for index, batch_rows in enumerate(infer_batches):
+        for index, (inputs, answer, size) in enumerate(prepared):
             if index == 1:  # the first batch warms up
                 synchronize(cuda)
-                infer_start = time.perf_counter()
-            inputs = eval_collator(batch_rows)
-            SpeederDataCollator.pop_metadata(inputs)
-            inputs = {k: v.to(device) for k, v in inputs.items()}
+                infer_start = Clock(cuda)
             if spec.answer_mode == "index":
                 model.score_candidates(num_candidates=config["num_candidates"], **inputs)
                 continue
-            # A trained model stops after the target title and eos; the batch runs until its longest answer ends.
-            answer = max(
-                len(tokenizer(" " + data.catalog.titles[row["target"]], add_special_tokens=False)["input_ids"]) + 1
-                for row in batch_rows
-            )
             model.generate(
                 **inputs,
                 do_sample=False,
@@ -243,20 +268,23 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
                 eos_token_id=tokenizer.eos_token_id,
             )
             if index >= 1:
-                new_tokens += [answer] * len(batch_rows)
+                new_tokens += [answer] * size
         synchronize(cuda)
-        infer_seconds = time.perf_counter() - infer_start
+        infer_time = infer_start.elapsed()
 
     return {
         "prompt_tokens": round(float(np.mean(prompt_lengths)), 1),
         "prompt_tokens_max": int(max(prompt_lengths)),
-        "train_samples_per_s": round(timed * batch / train_seconds, 4),
-        "infer_samples_per_s": round(infer_samples / infer_seconds, 4),
+        "train_samples_per_s": round(timed * batch / train_time["measured"], 4),
+        "infer_samples_per_s": round(infer_samples / infer_time["measured"], 4),
         "peak_mem_mb": round(max(train_memory.peak_mb, infer_memory.peak_mb), 1),
         "train_peak_mem_mb": round(train_memory.peak_mb, 1),
         "infer_peak_mem_mb": round(infer_memory.peak_mb, 1),
-        "train_seconds": round(train_seconds, 2),
-        "infer_seconds": round(infer_seconds, 2),
+        "train_seconds": round(train_time["measured"], 2),
+        "infer_seconds": round(infer_time["measured"], 2),
+        "train_wall_seconds": round(train_time["wall"], 2),
+        "infer_wall_seconds": round(infer_time["wall"], 2),
+        "clock": train_time["clock"],
         "answer": "label scored in one forward pass"
         if spec.answer_mode == "index"
         else f"greedy generation of {np.mean(new_tokens):.1f} new tokens per sample (target title + eos)",
@@ -265,10 +293,14 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_config(config: dict[str, Any], in_process: bool, scratch: Path) -> dict[str, Any]:
+    """Measures one configuration; a worker that dies (out of memory, say) is recorded as an error, not fatal."""
     if in_process:
         return measure(config)
     out = scratch / f"{config['dataset']}-{config['style']}-{config['history_len']}.json"
-    subprocess.run([sys.executable, __file__, "--worker", json.dumps({**config, "out": str(out)})], check=True)
+    worker = subprocess.run([sys.executable, __file__, "--worker", json.dumps({**config, "out": str(out)})])
+    if worker.returncode != 0:
+        why = "killed (-9), most likely out of memory" if worker.returncode == -9 else f"exit code {worker.returncode}"
+        return {"error": f"worker failed: {why}; see the log"}
     return json.loads(out.read_text())
 
 
@@ -277,7 +309,8 @@ def ratios(by_len: dict[str, dict[str, dict]], reference: str) -> dict[str, dict
     """speeder / reference for prompt tokens and peak memory, and for throughputs (higher = speeder faster)."""
     out = {}
     for length, styles in by_len.items():
-        if "speeder" in styles and reference in styles:
+        measured = {style: values for style, values in styles.items() if "error" not in values}
+        if "speeder" in measured and reference in measured:
             s, r = styles["speeder"], styles[reference]
             out[length] = {
                 "prompt_tokens": round(s["prompt_tokens"] / r["prompt_tokens"], 4),
@@ -309,13 +342,50 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         args.datasets, args.in_process, args.threads = ["synthetic"], True, 1
         args.token_samples = 8
     torch.set_num_threads(args.threads)
+    settings = {
+        "num_candidates": args.num_candidates,
+        "history_lens": args.history_lens,
+        "train_batch_size": args.train_batch_size,
+        "warmup_steps": args.warmup_steps,
+        "timed_steps": args.timed_steps,
+        "infer_samples": args.infer_samples,
+        "infer_batch_size": args.infer_batch_size,
+        "token_samples": args.token_samples,
+        "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "optimizer": "AdamW"},
+        "precision": "bf16 autocast" if torch.cuda.is_available() else "float32",
+        "torch_threads": args.threads,
+    }
+    out_json = args.out / "efficiency.json"
+    previous = json.loads(out_json.read_text()) if args.resume and out_json.is_file() else {}
+    if previous and previous.get("settings") != settings:
+        raise SystemExit(f"--resume: {out_json} was made with other settings {previous.get('settings')}.")
     by_dataset: dict[str, Any] = {}
     for dataset in args.datasets:
         data = synthetic_data() if args.quick else load_bench_data(args.catalog_dir / dataset)
         styles = [s for s in args.styles if s != "mllm" or data.has_images]
-        by_len: dict[str, dict[str, dict]] = {}
-        for length in args.history_lens:
-            for style in styles:
+        done = previous.get("by_dataset", {}).get(dataset, {}).get("by_history_len", {})
+        by_dataset[dataset] = {
+            "styles": styles,
+            "skipped": {"mllm": "no item images"} if "mllm" in args.styles and "mllm" not in styles else {},
+            "items": data.rec.num_items,
+            "by_history_len": {str(n): dict(done.get(str(n), {})) for n in args.history_lens},
+        }
+    results = {
+        "machine": machine_description(),
+        "command": command_line(__file__, args.argv),
+        "date": today(),
+        "backbone": "tiny random Llama (quick)" if args.quick else describe_backbone(args.llm),
+        "headline_dataset": args.datasets[0],
+        "settings": settings,
+        "protocol": __doc__.split("\n\n")[1:3],
+    }
+    # History length first: a run stopped early still has every style at the shorter histories.
+    for length in args.history_lens:
+        for dataset, entry in by_dataset.items():
+            for style in entry["styles"]:
+                measured = entry["by_history_len"][str(length)]
+                if style in measured and "error" not in measured[style]:
+                    continue
                 logger.info("%s, history %d, %s", dataset, length, style)
                 config = {
                     **{k: v for k, v in vars(args).items() if k not in ("out", "catalog_dir", "worker", "datasets")},
@@ -325,47 +395,32 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                     "history_len": length,
                     "all_history_lens": args.history_lens,
                 }
-                by_len.setdefault(str(length), {})[style] = result = run_config(config, args.in_process, scratch)
-                logger.info("%s", result)
-        by_dataset[dataset] = {
-            "styles": styles,
-            "skipped": {"mllm": "no item images"} if "mllm" in args.styles and "mllm" not in styles else {},
-            "items": data.rec.num_items,
-            "by_history_len": by_len,
-            "ratios_vs_llara": ratios(by_len, "llara"),
-            "ratios_vs_mllm": ratios(by_len, "mllm"),
-        }
-    headline = args.datasets[0]
-    results = {
-        "machine": machine_description(),
-        "command": command_line(__file__, args.argv),
-        "date": today(),
-        "backbone": "tiny random Llama (quick)" if args.quick else describe_backbone(args.llm),
-        "headline_dataset": headline,
-        "by_history_len": by_dataset[headline]["by_history_len"],
-        "ratios_vs_llara": by_dataset[headline]["ratios_vs_llara"],
-        "ratios_vs_mllm": by_dataset[headline]["ratios_vs_mllm"],
-        "by_dataset": by_dataset,
-        "settings": {
-            "num_candidates": args.num_candidates,
-            "history_lens": args.history_lens,
-            "train_batch_size": args.train_batch_size,
-            "warmup_steps": args.warmup_steps,
-            "timed_steps": args.timed_steps,
-            "infer_samples": args.infer_samples,
-            "infer_batch_size": args.infer_batch_size,
-            "token_samples": args.token_samples,
-            "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "optimizer": "AdamW"},
-            "precision": "bf16 autocast" if torch.cuda.is_available() else "float32",
-            "torch_threads": args.threads,
-        },
-        "protocol": __doc__.split("\n\n")[1:4],
-        "wall_seconds": round(time.perf_counter() - start, 1),
-    }
-    write_json(args.out / "efficiency.json", results)
+                measured[style] = run_config(config, args.in_process, scratch)
+                logger.info("%s", measured[style])
+                finish(results, by_dataset, start, out_json, complete=False)
+    finish(results, by_dataset, start, out_json, complete=True)
     plot(results, args.out / "efficiency.png")
     print_ratios(results)
     return results
+
+
+def finish(results: dict[str, Any], by_dataset: dict[str, Any], start: float, out_json: Path, complete: bool) -> None:
+    """Fills in the ratios and the headline keys and writes the JSON (after every configuration)."""
+    for entry in by_dataset.values():
+        entry["ratios_vs_llara"] = ratios(entry["by_history_len"], "llara")
+        entry["ratios_vs_mllm"] = ratios(entry["by_history_len"], "mllm")
+    headline = by_dataset[results["headline_dataset"]]
+    results.update(
+        {
+            "by_history_len": headline["by_history_len"],
+            "ratios_vs_llara": headline["ratios_vs_llara"],
+            "ratios_vs_mllm": headline["ratios_vs_mllm"],
+            "by_dataset": by_dataset,
+            "complete": complete,
+            "wall_seconds": round(time.perf_counter() - start, 1),
+        }
+    )
+    write_json(out_json, results)
 
 
 def print_ratios(results: dict[str, Any]) -> None:
@@ -400,7 +455,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         lengths = sorted(entry["by_history_len"], key=int)
         for style in entry["styles"]:
             for ax, (key, _) in zip(axes, panels):
-                values = [entry["by_history_len"][n][style][key] for n in lengths]
+                values = [entry["by_history_len"][n].get(style, {}).get(key, np.nan) for n in lengths]
                 ax.plot(
                     [int(n) for n in lengths],
                     values,

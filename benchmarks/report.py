@@ -69,6 +69,9 @@ def efficiency_section(result: dict[str, Any], image: str) -> list[str]:
         for length, styles in sorted(entry["by_history_len"].items(), key=lambda kv: int(kv[0])):
             for style in [s for s in STYLE_ORDER if s in styles]:
                 v = styles[style]
+                if "error" in v:
+                    lines.append(f"| {length} | {style} | {v['error']} | | | | |")
+                    continue
                 lines.append(
                     f"| {length} | {style} | {v['prompt_tokens']:.0f} | {v['train_samples_per_s']:.3f} | "
                     f"{v['infer_samples_per_s']:.3f} | {v['peak_mem_mb']:.0f} | {v['answer']} |"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,9 +23,11 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from .encoders import ImageEncoder, ImageLoadError, load_image
 from .item_features import check_finite
 from .modeling_speeder import SpeederForSequentialRec
+
+if TYPE_CHECKING:  # the encoders (and PIL) are needed only to extract features, not to train or evaluate
+    from .encoders import ImageEncoder
 
 
 class LlaraForSequentialRec(SpeederForSequentialRec):
@@ -192,6 +195,8 @@ def spatial_image_features(
     Raises:
         ImageLoadError: an image file cannot be read (the message names the item row and the file).
     """
+    from .encoders import ImageLoadError, load_image
+
     rows = [row for row, path in enumerate(image_paths) if path is not None]
     if not rows:
         raise ValueError("No item has an image path.")
