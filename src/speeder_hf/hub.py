@@ -258,9 +258,17 @@ def _limitations(
 ) -> str:
     metrics, args = results["metrics"], results.get("arguments", {})
     steps = sum(int(s.get("max_steps") or 0) for s in results["mpo_stages"])
-    points = [
+    points = []
+    if args.get("llm_layers"):
+        points.append(
+            f"The language model keeps only the first {args['llm_layers']} transformer layers of the base model "
+            "(`--llm_layers`, a compute budget for CPUs), so it is not the full base model."
+        )
+    points += [
         f"The training budget was small: {steps} optimizer steps on {results['machine']}. The model demonstrates "
         "the method and is not a tuned production recommender.",
+        f"A random pick among the {config['num_candidates']} candidates scores VHR@1 = "
+        f"{1 / config['num_candidates']:.3f} in expectation; compare VHR@1 = {metrics['VHR@1']:.3f} with that.",
         f"The evaluation ranks the target among a fixed candidate set ({metrics['protocol']}). It is not a ranking "
         "over the full catalog, and its numbers are not comparable with full-ranking results or with the paper's "
         "(which used other backbones and budgets).",
