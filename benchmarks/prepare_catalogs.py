@@ -68,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sasrec-epochs", type=int, default=200)
     parser.add_argument("--sasrec-dropout", type=float, default=0.5)
     parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/speeder_hf)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (spinning threads stall a busy machine)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.datasets = [d for d in args.datasets.split(",") if d]
@@ -179,6 +180,7 @@ def prepare(name: str, rec: RecDataset, args: argparse.Namespace) -> BenchData:
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     loaders = {"beauty": load_beauty, "movielens": load_movielens_with_posters}
     total = 0
