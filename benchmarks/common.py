@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -474,7 +475,14 @@ def machine_description() -> dict[str, Any]:
     import transformers
 
     cuda = torch.cuda.is_available()
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout
+        commit = None
     return {
+        "git_commit_at_start": commit,
         "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})",
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -112,10 +112,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----- one configuration -----------------------------------------------------------------------------------------
 class PeakMemory:
-    """Peak memory in MiB over a `with` block: CUDA allocations, or the sampled resident set size on CPU."""
+    """Peak memory in MiB over a `with` block (`peak_mb`: CUDA allocations, or the sampled resident set size on
+    CPU), and its rise over the memory held when the block started (`rise_mb`: what the phase itself needs)."""
 
     def __init__(self, cuda: bool):
-        self.cuda, self.peak_mb, self._stop = cuda, 0.0, threading.Event()
+        self.cuda, self.peak_mb, self.start_mb, self._stop = cuda, 0.0, 0.0, threading.Event()
 
     def _rss_mb(self) -> float:
         try:
@@ -132,8 +133,9 @@ class PeakMemory:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            self.start_mb = torch.cuda.memory_allocated() / 2**20
         else:
-            self.peak_mb = self._rss_mb()
+            self.peak_mb = self.start_mb = self._rss_mb()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
         return self
@@ -146,6 +148,10 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+    @property
+    def rise_mb(self) -> float:
+        return self.peak_mb - self.start_mb
 
 
 def samples_at(data: BenchData, history_len: int, count: int, num_candidates: int, seed: int) -> list[dict]:
@@ -280,6 +286,8 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
         "peak_mem_mb": round(max(train_memory.peak_mb, infer_memory.peak_mb), 1),
         "train_peak_mem_mb": round(train_memory.peak_mb, 1),
         "infer_peak_mem_mb": round(infer_memory.peak_mb, 1),
+        "train_mem_rise_mb": round(train_memory.rise_mb, 1),
+        "infer_mem_rise_mb": round(infer_memory.rise_mb, 1),
         "train_seconds": round(train_time["measured"], 2),
         "infer_seconds": round(infer_time["measured"], 2),
         "train_wall_seconds": round(train_time["wall"], 2),

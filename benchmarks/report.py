@@ -37,7 +37,8 @@ def _provenance(result: dict[str, Any]) -> list[str]:
     return [
         f"- command: `{result['command']}`",
         f"- machine: {machine['device']}, {machine['cpu_cores']} CPU cores, torch {machine['torch']}, transformers "
-        f"{machine['transformers']} (1-min load average at start {machine['load_average_1min_at_start']})",
+        f"{machine['transformers']} (1-min load average at start {machine['load_average_1min_at_start']}); code at "
+        f"commit {machine.get('git_commit_at_start')}",
         f"- date: {result['date']}; backbone: {result['backbone']}",
     ]
 
@@ -63,7 +64,8 @@ def efficiency_section(result: dict[str, Any], image: str) -> list[str]:
             f"**{dataset}{headline}** ({entry['items']} items)"
             + "".join(f"; {style} skipped: {why}" for style, why in entry["skipped"].items()),
             "",
-            "| history | style | prompt tokens | train samples/s | inference samples/s | peak memory (MiB) | answer |",
+            "| history | style | prompt tokens | train samples/s | inference samples/s | peak memory, MiB (training "
+            "rise) | answer |",
             "|---:|---|---:|---:|---:|---:|---|",
         ]
         for length, styles in sorted(entry["by_history_len"].items(), key=lambda kv: int(kv[0])):
@@ -74,7 +76,8 @@ def efficiency_section(result: dict[str, Any], image: str) -> list[str]:
                     continue
                 lines.append(
                     f"| {length} | {style} | {v['prompt_tokens']:.0f} | {v['train_samples_per_s']:.3f} | "
-                    f"{v['infer_samples_per_s']:.3f} | {v['peak_mem_mb']:.0f} | {v['answer']} |"
+                    f"{v['infer_samples_per_s']:.3f} | {v['peak_mem_mb']:.0f} ({v['train_mem_rise_mb']:.0f}) | "
+                    f"{v['answer']} |"
                 )
         lines.append("")
         for reference in ("llara", "mllm"):
