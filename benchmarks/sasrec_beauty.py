@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("--num-heads", type=int, default=1)
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--dropout", type=float, default=0.5)
-    parser.add_argument("--loss", default="ce", choices=["ce", "bce"])
+    parser.add_argument("--loss", default="ce", choices=["ce", "sampled", "bce"])
+    parser.add_argument("--num-negatives", type=int, default=512, help="negatives per batch of the sampled loss")
     parser.add_argument("--num-epochs", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -85,6 +86,7 @@ def main() -> None:
         max_len=args.max_len,
         dropout=args.dropout,
         loss=args.loss,
+        num_negatives=args.num_negatives,
         num_epochs=args.num_epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,

@@ -35,7 +35,7 @@ def test_padding_does_not_change_hidden_states():
         model.last_hidden([[]])
 
 
-@pytest.mark.parametrize("loss", ["ce", "bce"])
+@pytest.mark.parametrize("loss", ["ce", "sampled", "bce"])
 def test_sasrec_learns_the_cycle_and_beats_chance(loss, tmp_path):
     rec = cyclic_rec()
     split = make_split(rec, num_candidates=5, max_history_len=6)
@@ -89,3 +89,17 @@ def test_evaluation_rejects_bad_candidate_sets():
         samples = split["test"].select([0]).map(lambda r, b=bad: {"candidates": b})
         with pytest.raises(ValueError, match="Sample 0: candidates must hold the target exactly once"):
             evaluate_sasrec(model, samples, progress=False)
+
+
+def test_length_bucketed_batches_cover_every_sequence_once():
+    from speeder_hf.sasrec import _batches
+
+    rng = np.random.default_rng(0)
+    sequences = [[i] * (1 + i % 37) for i in range(1000)]
+    batches = list(_batches(sequences, 16, rng, pool=4))
+    seen = sorted(s[0] for b in batches for s in b)
+    assert seen == list(range(1000))
+    assert all(len(b) <= 16 for b in batches)
+    # within a pool the lengths are sorted, so a batch spans far fewer lengths than a random one would
+    spans = [max(map(len, b)) - min(map(len, b)) for b in batches]
+    assert np.mean(spans) < 10

@@ -26,7 +26,7 @@ from .metrics import rank_metrics, target_ranks
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("ce", "bce")
+LOSSES = ("ce", "sampled", "bce")
 
 
 class SASRec(nn.Module, PyTorchModelHubMixin, library_name="speeder_hf", tags=["sasrec", "sequential-recommendation"]):
@@ -135,6 +135,7 @@ def train_sasrec(
     max_len: int = 50,
     dropout: float = 0.2,
     loss: str = "ce",
+    num_negatives: int = 512,
     num_epochs: int = 200,
     batch_size: int = 128,
     learning_rate: float = 1e-3,
@@ -153,7 +154,10 @@ def train_sasrec(
         validation: rows with `history` and `target` (a split's `validation`); every `eval_every` epochs the
             full-ranking `NDCG@10` is measured, the best weights are kept, and training stops after
             `patience` evaluations without improvement.
-        loss: `"ce"` (softmax over all items) or `"bce"` (one uniform negative per position, as in the paper).
+        loss: `"ce"` (softmax over all items), `"sampled"` (softmax over the target and `num_negatives` uniform
+            negatives shared by the batch: most of CE's accuracy at a fraction of its cost on a CPU) or `"bce"` (one
+            uniform negative per position, as in the paper).
+        num_negatives: negatives per batch of the `"sampled"` loss.
         max_len: history items read (the last `max_len + 1` items of a long sequence give the training pairs).
 
     Returns:
@@ -190,6 +194,8 @@ def train_sasrec(
             positives = targets[valid]  # (P,)
             if loss == "ce":
                 value = nn.functional.cross_entropy(model.score_all(hidden), positives)
+            elif loss == "sampled":
+                value = _sampled_softmax(model, hidden, positives, num_negatives, device)
             else:
                 negatives = torch.randint(0, num_items, positives.shape, device=device)
                 table = model.item_embeddings()
@@ -220,10 +226,34 @@ def train_sasrec(
     return result
 
 
-def _batches(sequences: list[list[int]], batch_size: int, rng: np.random.Generator) -> Iterator[list[list[int]]]:
+def _sampled_softmax(
+    model: SASRec, hidden: torch.Tensor, positives: torch.LongTensor, num_negatives: int, device: torch.device
+) -> torch.Tensor:
+    """Cross-entropy of each position's target against `num_negatives` uniform items shared by the batch; a
+    negative that happens to be the position's target is masked out."""
+    table = model.item_embeddings()
+    negatives = torch.randint(0, model.num_items, (num_negatives,), device=device)  # (K,)
+    pos_logit = (hidden * table[positives]).sum(-1, keepdim=True)  # (P, 1)
+    neg_logit = hidden @ table[negatives].T  # (P, K)
+    neg_logit = neg_logit.masked_fill(negatives[None, :] == positives[:, None], -torch.inf)
+    logits = torch.cat([pos_logit, neg_logit], dim=1)  # (P, 1 + K), the target in column 0
+    return nn.functional.cross_entropy(logits, torch.zeros_like(positives))
+
+
+def _batches(
+    sequences: list[list[int]], batch_size: int, rng: np.random.Generator, pool: int = 50
+) -> Iterator[list[list[int]]]:
+    """Shuffled batches of sequences of similar length: a batch pads to its longest sequence, and on Amazon data
+    (median 6 items, a few over 100) random batches would be mostly padding. Sequences are shuffled, sorted by
+    length within pools of `pool` batches, cut into batches, and the batches shuffled."""
     order = rng.permutation(len(sequences))
-    for start in range(0, len(order), batch_size):
-        yield [sequences[i] for i in order[start : start + batch_size]]
+    span = batch_size * pool
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: len(sequences[i]))
+        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
+    for b in rng.permutation(len(batches)):
+        yield [sequences[i] for i in batches[b]]
 
 
 # ----- evaluation and export --------------------------------------------------------------------------------------
