@@ -56,7 +56,13 @@ def test_title_labels_are_the_title_and_eos_after_the_eval_prompt(model_and_toke
         labels = train["labels"][row]
         assert labels[labels != IGNORE_INDEX].tolist() == answer
         assert real_tokens(train, row) == real_tokens(evaluation, row) + answer
-    assert torch.isfinite(model(**train).loss)
+    with pytest.raises(ValueError, match="candidate label token"):  # the model's config says index answers
+        model(**train)
+    model.config.answer_mode = "title"
+    try:
+        assert torch.isfinite(model(**train).loss)
+    finally:
+        model.config.answer_mode = "index"  # the fixture is shared by the module
 
 
 def test_padding_sides_and_eval_outputs(model_and_tokenizer):

@@ -67,6 +67,7 @@ def test_forward_uses_the_trainable_copies(arch):
         assert not torch.allclose(logits(peft_model, tokenizer), reference, atol=1e-4), name
 
     peft_model.train()
+    peft_model.config.answer_loss = "vocab"  # language-model labels on every token
     enc = tokenizer([PROMPT], return_tensors="pt")
     out = peft_model(**enc, item_ids=ITEMS, item_recency=RECENCY, labels=enc["input_ids"])
     out.loss.backward()

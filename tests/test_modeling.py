@@ -210,6 +210,7 @@ def test_score_candidates_agrees_with_full_forward(model_and_tokenizer, side):
 def test_gradient_checkpointing_runs(model_and_tokenizer):
     speeder, tokenizer = model_and_tokenizer
     speeder.train()
+    speeder.config.answer_loss = "vocab"  # language-model labels on every token
     speeder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     enc = encode(tokenizer)
     loss = speeder(**enc, item_ids=ITEMS, item_recency=RECENCY, labels=enc.input_ids).loss
@@ -228,6 +229,7 @@ def test_labelled_positions_loss_equals_full_loss(arch):
     labels[0, lengths[0] - 1] = enc.input_ids[0, lengths[0] - 1]
     labels[1, lengths[1] - 1] = enc.input_ids[1, lengths[1] - 1]
     items = torch.tensor([1, 2, 5, 6, 3, 5, 6])
+    model.config.answer_loss = "vocab"
     fast = model(**enc, item_ids=items, labels=labels)
     model.config.labelled_logits_only = False
     full = model(**enc, item_ids=items, labels=labels)
@@ -236,3 +238,33 @@ def test_labelled_positions_loss_equals_full_loss(arch):
     model.config.labelled_logits_only = True
     summed = model(**enc, item_ids=items, labels=labels, num_items_in_batch=torch.tensor(4)).loss
     torch.testing.assert_close(summed, fast.loss / 2, atol=1e-5, rtol=0)
+
+
+def test_label_softmax_loss_is_cross_entropy_over_the_candidate_labels():
+    model, tokenizer = tiny_speeder("llama")
+    tokenizer.padding_side = "right"
+    label_ids = model.config.label_token_ids[: model.config.num_candidates]
+    prompts = [PROMPT, "a user <|pos_1|><item> candidates ( A ) <item> ( B ) <item> answer :"]
+    enc = encode(tokenizer, prompts)
+    lengths = enc.attention_mask.sum(-1)
+    answers = [label_ids[0], label_ids[1]]  # " A", " B"
+    input_ids = torch.cat([enc.input_ids, torch.full_like(enc.input_ids[:, :1], tokenizer.pad_token_id)], 1)
+    attention_mask = torch.cat([enc.attention_mask, torch.zeros_like(enc.attention_mask[:, :1])], 1)
+    labels = torch.full_like(input_ids, -100)
+    for row, (length, answer) in enumerate(zip(lengths.tolist(), answers)):
+        input_ids[row, length], attention_mask[row, length], labels[row, length] = answer, 1, answer
+    items = torch.tensor([1, 2, 5, 6, 3, 5, 6])
+    loss = model(input_ids=input_ids, attention_mask=attention_mask, item_ids=items, labels=labels).loss
+
+    model.config.answer_loss = "vocab"
+    full = model(input_ids=input_ids, attention_mask=attention_mask, item_ids=items).logits  # (B, S, V)
+    answer_logits = full[torch.arange(2), lengths - 1][:, label_ids]  # (B, C): the position before the answer
+    expected = torch.nn.functional.cross_entropy(answer_logits, torch.tensor([0, 1]))
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
+    vocab_loss = model(input_ids=input_ids, attention_mask=attention_mask, item_ids=items, labels=labels).loss
+    assert vocab_loss > loss  # the vocabulary softmax spreads mass over every other token too
+
+    model.config.answer_loss = "labels"
+    labels[0, lengths[0]] = tokenizer.eos_token_id
+    with pytest.raises(ValueError, match="candidate label token"):
+        model(input_ids=input_ids, attention_mask=attention_mask, item_ids=items, labels=labels)

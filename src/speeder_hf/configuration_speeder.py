@@ -12,6 +12,7 @@ DEFAULT_MODALITIES = ("text", "image", "id")
 DEFAULT_MODALITY_DIMS = (384, 1280, 64)
 PROMPT_STYLES = ("speeder", "llara", "text")
 ANSWER_MODES = ("index", "title")
+ANSWER_LOSSES = ("labels", "vocab")
 
 
 def _letters(n: int) -> list[str]:
@@ -43,6 +44,10 @@ class SpeederConfig(PretrainedConfig):
         labelled_logits_only (`bool`):
             With labels, build logits (and the loss) only at positions that predict a labelled token; the answer
             is a few tokens after a long prompt, so this skips most of the LM head's work. Same loss either way.
+        answer_loss (`str`):
+            Training loss on index answers. `"labels"`: cross-entropy over the candidates' label tokens only, the
+            very scores `score_candidates` ranks by, so no training goes into learning to emit a label at all;
+            `"vocab"`: the plain LM loss over the whole vocabulary. Title answers always use the LM loss.
         mrc_aux_loss_weight (`float`):
             Weight of the gate load-balancing loss added to the LM loss (0 turns it off).
         item_token_norm (`float`, *optional*):
@@ -87,6 +92,7 @@ class SpeederConfig(PretrainedConfig):
         gate_hidden_size: int = 128,
         mrc_aux_loss_weight: float = 0.0,
         labelled_logits_only: bool = True,
+        answer_loss: str = "labels",
         item_token_norm: float | None = None,
         max_history_len: int = 20,
         spae_absolute: bool = True,
@@ -119,6 +125,8 @@ class SpeederConfig(PretrainedConfig):
             raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, got {prompt_style!r}.")
         if answer_mode not in ANSWER_MODES:
             raise ValueError(f"answer_mode must be one of {ANSWER_MODES}, got {answer_mode!r}.")
+        if answer_loss not in ANSWER_LOSSES:
+            raise ValueError(f"answer_loss must be one of {ANSWER_LOSSES}, got {answer_loss!r}.")
         if num_item_tokens < 1:
             raise ValueError(f"num_item_tokens must be >= 1, got {num_item_tokens}.")
         label_tokens = list(label_tokens) if label_tokens is not None else _letters(num_candidates)
@@ -134,6 +142,7 @@ class SpeederConfig(PretrainedConfig):
         self.gate_hidden_size = gate_hidden_size
         self.mrc_aux_loss_weight = mrc_aux_loss_weight
         self.labelled_logits_only = labelled_logits_only
+        self.answer_loss = answer_loss
         self.item_token_norm = item_token_norm
         self.max_history_len = max_history_len
         self.spae_absolute = spae_absolute

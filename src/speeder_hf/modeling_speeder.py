@@ -199,7 +199,8 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                 input_ids, item_ids, item_features, item_presence, item_recency, item_time_gaps
             )
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        if labels is not None and self.config.labelled_logits_only and "logits_to_keep" not in kwargs:
+        labelled_only = self.config.labelled_logits_only or self._label_softmax
+        if labels is not None and labelled_only and "logits_to_keep" not in kwargs:
             outputs, n_labelled = self._labelled_positions_loss(
                 inputs_embeds, attention_mask, labels, num_items_in_batch, kwargs
             )
@@ -233,12 +234,36 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         )
         targets = shifted[:, keep]  # (B, K)
         n_labelled = int((targets != -100).sum())
+        logits = outputs.logits
+        if self._label_softmax:
+            logits, targets = self._label_softmax_inputs(logits, targets)
         loss = nn.functional.cross_entropy(
-            outputs.logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum"
         )
         denominator = num_items_in_batch if num_items_in_batch is not None else max(n_labelled, 1)
         outputs.loss = loss / torch.as_tensor(denominator, device=loss.device)
         return outputs, n_labelled
+
+    @property
+    def _label_softmax(self) -> bool:
+        return self.config.answer_mode == "index" and self.config.answer_loss == "labels"
+
+    def _label_softmax_inputs(
+        self, logits: torch.Tensor, targets: torch.LongTensor
+    ) -> tuple[torch.Tensor, torch.LongTensor]:
+        """Logits `(B, K, V)` and token targets `(B, K)` -> logits over the label tokens `(B, K, C)` and targets as
+        label indices (`answer_loss="labels"`)."""
+        label_ids = torch.tensor(self.config.label_token_ids[: self.config.num_candidates], device=logits.device)
+        matches = targets.unsqueeze(-1) == label_ids  # (B, K, C)
+        labelled = targets != -100
+        if (labelled & ~matches.any(-1)).any():
+            raise ValueError(
+                "answer_loss='labels' needs every labelled token to be a candidate label token "
+                f"({self.config.label_tokens[: self.config.num_candidates]}); set config.answer_loss='vocab' to "
+                "train on other answers."
+            )
+        indices = matches.int().argmax(-1).masked_fill(~labelled, -100)  # (B, K)
+        return logits[..., label_ids], indices
 
     # ----- inference -------------------------------------------------------------------------------------------
     @property
