@@ -4,6 +4,7 @@ MPO -> evaluation on the test split -> save -> reload -> recommendations. `examp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -11,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,14 @@ from .backbones import resolve_llm
 from .catalog import ItemCatalog
 from .collator import SpeederDataCollator
 from .data import CandidateSamplingDataset, RecDataset, make_split, training_sequences
-from .encoders import ImageEncoder, TextEncoder, encode_image_modality, encode_text_modality
+from .encoders import ImageEncoder, TextEncoder, default_cache_dir, encode_image_modality, encode_text_modality
 from .evaluation import evaluate_ranking
 from .export import save_pretrained_bundle
 from .hub import card_examples
 from .modeling_speeder import SpeederForSequentialRec
 from .mpo import default_stages, run_mpo
 from .recommend import Recommender
-from .sasrec import sasrec_item_features, train_sasrec
+from .sasrec import SASRec, sasrec_item_features, train_sasrec
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +54,20 @@ class FinetuneArguments:
     num_candidates: int = field(default=20, metadata={"help": "Candidates per sample, target included."})
     prompt_style: str = field(default="speeder", metadata={"help": "speeder, llara or text."})
     answer_mode: str = field(default="index", metadata={"help": "index (label token) or title (generated)."})
+    answer_loss: str = field(
+        default="labels", metadata={"help": "Index answers: labels (softmax over candidate labels) or vocab."}
+    )
     sasrec_epochs: int = field(default=15, metadata={"help": "SASRec epochs (early stopping on validation)."})
-    sasrec_loss: str = field(default="bce", metadata={"help": "SASRec loss: bce (one negative, fast) or ce (full)."})
+    sasrec_loss: str = field(
+        default="bce", metadata={"help": "SASRec loss: ce (full softmax), sampled (shared negatives) or bce."}
+    )
     sasrec_max_len: int = field(default=20, metadata={"help": "SASRec sequence length."})
     sasrec_dropout: float = field(default=0.5, metadata={"help": "SASRec dropout (0.5 suits sparse Amazon data)."})
     max_train_samples: int | None = field(default=4000, metadata={"help": "Subsample training prefixes (None=all)."})
     stage_steps: int = field(default=40, metadata={"help": "Optimizer steps per MPO stage."})
+    final_stage_steps: int | None = field(
+        default=None, metadata={"help": "Steps of the last stage (all modalities); None = stage_steps."}
+    )
     batch_size: int = field(default=8, metadata={"help": "Per-device training batch size."})
     gradient_accumulation_steps: int = field(default=1)
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak LR of the LoRA stages."})
@@ -66,7 +75,8 @@ class FinetuneArguments:
     lora_r: int = field(default=8)
     lora_alpha: int = field(default=16)
     mpo_mix: bool = field(default=False, metadata={"help": "LLaRA-style probabilistic modality mixing per stage."})
-    max_eval_samples: int | None = field(default=200, metadata={"help": "Test users evaluated (None = all)."})
+    eval_split: str = field(default="test", metadata={"help": "Split evaluated: test, or validation for tuning."})
+    max_eval_samples: int | None = field(default=200, metadata={"help": "Users evaluated (None = all)."})
     eval_batch_size: int = field(default=16)
     num_examples: int = field(default=3, metadata={"help": "Users whose top-5 recommendations are printed."})
     seed: int = field(default=0)
@@ -99,21 +109,40 @@ def build_catalog(rec: RecDataset, split, args: FinetuneArguments) -> tuple[Item
     sasrec = None
     if "id" in wanted:
         train_seqs = training_sequences(rec, seed=args.seed)
-        with torch_threads(1):  # a tiny model: a second thread only adds sync overhead (20x slower on a busy box)
-            result = train_sasrec(
-                train_seqs,
-                rec.num_items,
-                split["validation"],
-                num_epochs=args.sasrec_epochs,
-                dropout=args.sasrec_dropout,
-                loss=args.sasrec_loss,
-                max_len=args.sasrec_max_len,
-                seed=args.seed,
-            )
-        sasrec = result.model
+        settings = {
+            "num_epochs": args.sasrec_epochs,
+            "dropout": args.sasrec_dropout,
+            "loss": args.sasrec_loss,
+            "max_len": args.sasrec_max_len,
+            "seed": args.seed,
+        }
+        sasrec, best_epoch = cached_sasrec(train_seqs, rec.num_items, split["validation"], settings, args.cache_dir)
         features, present = sasrec_item_features(sasrec, train_seqs)
-        catalog.add_features("id", features, present, source={"encoder": "sasrec", "best_epoch": result.best_epoch})
+        catalog.add_features("id", features, present, source={"encoder": "sasrec", "best_epoch": best_epoch})
     return catalog, sasrec
+
+
+def cached_sasrec(
+    train_sequences: dict[str, list[int]],
+    num_items: int,
+    validation,
+    settings: dict[str, Any],
+    cache_dir: str | None = None,
+) -> tuple[SASRec, int]:
+    """`train_sasrec(train_sequences, num_items, validation, **settings)`, cached on disk (safetensors + JSON) under
+    a key of the settings and the exact sequences, so a rerun of the same job skips the training."""
+    payload = json.dumps([settings, num_items, sorted(train_sequences.items())])
+    key = hashlib.sha256(payload.encode()).hexdigest()[:32]
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = folder / f"sasrec-{key}"
+    if (folder / "best_epoch.json").is_file():
+        logger.info("Loading the cached SASRec from %s", folder)
+        return SASRec.from_pretrained(folder).eval(), json.loads((folder / "best_epoch.json").read_text())
+    with torch_threads(1):  # a tiny model: a second thread only adds sync overhead (20x slower on a busy box)
+        result = train_sasrec(train_sequences, num_items, validation, **settings)
+    result.model.save_pretrained(folder)
+    (folder / "best_epoch.json").write_text(json.dumps(result.best_epoch))  # written last: marks a complete entry
+    return result.model, result.best_epoch
 
 
 @contextmanager
@@ -142,6 +171,7 @@ def build_model(catalog: ItemCatalog, args: FinetuneArguments) -> tuple[SpeederF
         num_candidates=args.num_candidates,
         prompt_style=args.prompt_style,
         answer_mode=args.answer_mode,
+        answer_loss=args.answer_loss,
     )
     model.set_item_features(*catalog.feature_tensors(modalities))
     return model, tokenizer
@@ -176,6 +206,8 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         align_learning_rate=args.align_learning_rate,
         mix=args.mpo_mix,
     )
+    if args.final_stage_steps is not None:
+        stages[-1] = replace(stages[-1], max_steps=args.final_stage_steps)
     training_args = TrainingArguments(
         output_dir=str(out / "mpo"),
         per_device_train_batch_size=args.batch_size,
@@ -202,7 +234,9 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     )
     train_seconds = time.time() - train_start
 
-    test = split["test"]
+    if args.eval_split not in ("test", "validation"):
+        raise ValueError(f"eval_split must be 'test' or 'validation', got {args.eval_split!r}.")
+    test = split[args.eval_split]
     if args.max_eval_samples is not None:
         test = test.select(range(min(args.max_eval_samples, len(test))))
     save_pretrained_bundle(model, out, tokenizer, catalog, sasrec)
@@ -212,7 +246,7 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     )
     results = {
         "dataset": rec.name,
-        "split": "test",
+        "split": args.eval_split,
         "metrics": metrics,
         "train_samples_seen": sum(s.max_steps for s in stages) * args.batch_size * args.gradient_accumulation_steps,
         "mpo_stages": [asdict(s) for s in stages],
