@@ -398,34 +398,10 @@ QUICK_WORDS = (
 def write_tiny_backbone(directory: Path) -> Path:
     """A randomly initialised 2-layer Llama (hidden 32) and a word-level tokenizer, saved as a plain folder that
     `--llm` can point at (quick runs and tests: seconds, no download)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from speeder_hf.testing import tiny_causal_lm, word_level_tokenizer
 
-    specials = ["<pad>", "<eos>", "<unk>"]
-    symbols = list("()[]:,.?>\n") + [chr(ord("A") + i) for i in range(26)] + [str(d) for d in range(10)]
-    vocab = {token: i for i, token in enumerate(dict.fromkeys(specials + symbols + QUICK_WORDS))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits(individual_digits=True)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    )
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(vocab),
-        max_position_embeddings=8192,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=1,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer = word_level_tokenizer(QUICK_WORDS, symbols=list("()[]:,.?>\n"), digits=True)
+    tiny_causal_lm(len(tokenizer)).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
+
+from speeder_hf.testing import tiny_causal_lm, word_level_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -17,52 +18,14 @@ WORDS = (
     "a user interacted with these items in order which item will the next candidates answer title "
     "lipstick mascara shampoo soap cream brush nail polish red blue green pink gel oil mask"
 ).split()
-LETTERS = [chr(ord("A") + i) for i in range(26)]
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {
-        tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", "(", ")", ":", ",", ".", "\n"] + LETTERS + WORDS)
-    }
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        model_input_names=["input_ids", "attention_mask"],
-    )
+    return word_level_tokenizer(WORDS)
 
 
 def tiny_llm(arch: str = "llama", vocab_size: int = 128, tie: bool = True):
-    torch.manual_seed(0)
-    if arch == "llama":
-        config = LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=vocab_size,
-            tie_word_embeddings=tie,
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=1,
-        )
-    else:
-        config = GPT2Config(
-            n_embd=32,
-            n_layer=2,
-            n_head=4,
-            n_positions=512,
-            vocab_size=vocab_size,
-            tie_word_embeddings=tie,
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=1,
-        )
-    return AutoModelForCausalLM.from_config(config)
+    return tiny_causal_lm(vocab_size, arch, tie)
 
 
 def run_fresh_python(args: list[str], cwd, **env) -> subprocess.CompletedProcess:
