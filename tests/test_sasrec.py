@@ -103,3 +103,21 @@ def test_length_bucketed_batches_cover_every_sequence_once():
     # within a pool the lengths are sorted, so a batch spans far fewer lengths than a random one would
     spans = [max(map(len, b)) - min(map(len, b)) for b in batches]
     assert np.mean(spans) < 10
+
+
+def test_cached_sasrec_trains_once_per_data_and_settings(tmp_path, monkeypatch):
+    from speeder_hf import finetune
+
+    calls = []
+    monkeypatch.setattr(finetune, "train_sasrec", lambda *a, **k: calls.append(k) or train_sasrec(*a, **k))
+    sequences = training_sequences(cyclic_rec())
+    settings = {"hidden_size": 8, "num_layers": 1, "max_len": 6, "num_epochs": 2, "progress": False, "seed": 0}
+    first, epoch = finetune.cached_sasrec(sequences, NUM_ITEMS, None, settings, str(tmp_path))
+    again, again_epoch = finetune.cached_sasrec(sequences, NUM_ITEMS, None, settings, str(tmp_path))
+    assert len(calls) == 1 and epoch == again_epoch == 2
+    for (name, a), (_, b) in zip(first.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    finetune.cached_sasrec(sequences, NUM_ITEMS, None, {**settings, "seed": 1}, str(tmp_path))
+    sequences["u0"] = sequences["u0"][:-1]
+    finetune.cached_sasrec(sequences, NUM_ITEMS, None, settings, str(tmp_path))
+    assert len(calls) == 3  # a new seed or changed data trains anew
