@@ -161,6 +161,30 @@ def accuracy_targets(methods: dict[str, dict]) -> list[str]:
     return lines
 
 
+def sasrec_section(result: dict[str, Any]) -> list[str]:
+    """SASRec on full Beauty (`benchmarks/sasrec_beauty.py`): the collaborative baseline and the `id` features."""
+    machine, full, cands = result["machine"], result["full_ranking"], result["candidates_20"]
+    published = result["published_sasrec"]
+    return [
+        "### SASRec on Amazon Beauty",
+        "",
+        f"- command: `{result['command']}`",
+        f"- machine: {machine['device']} ({machine.get('platform', '')}), {machine.get('cpu_cores', '?')} CPU cores, "
+        f"{machine['cpu_threads']} torch threads, torch {machine['torch']}",
+        f"- budget: {result['settings']['loss']} loss, {result['settings']['num_epochs']} epochs at most (best "
+        f"{result['best_epoch']}); {result['wall_seconds'] / 60:.1f} min end to end",
+        f"- data: {result['dataset']['name']}, {result['protocol']['test_users']} test users, leave-one-out",
+        "",
+        "| protocol | HR@1 | HR@5 | NDCG@5 | HR@10 | NDCG@10 |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| full ranking (history 50) | | | | {_fmt(full['HR@10'])} | {_fmt(full['NDCG@10'])} |",
+        f"| published SASRec ({published['source']}) | | | | {_fmt(published['full_HR@10'])} | "
+        f"{_fmt(published['full_NDCG@10'])} |",
+        f"| 20 candidates (history 20) | {_fmt(cands['HR@1'])} | {_fmt(cands['HR@5'])} | {_fmt(cands['NDCG@5'])} | | |",
+        "",
+    ]
+
+
 def render(results_dir: Path, output: Path) -> str:
     """The markdown section; image links are relative to `output`'s folder."""
     shown = results_dir.relative_to(REPO) if results_dir.is_relative_to(REPO) else results_dir
@@ -178,6 +202,8 @@ def render(results_dir: Path, output: Path) -> str:
             continue
         image = os.path.relpath(results_dir / f"{name}.png", output.parent)
         lines += section(json.loads(path.read_text()), image) + [""]
+    if (results_dir / "sasrec_beauty.json").is_file():
+        lines += sasrec_section(json.loads((results_dir / "sasrec_beauty.json").read_text()))
     lines.append(END)
     return "\n".join(lines) + "\n"
 

@@ -327,3 +327,23 @@ def test_prepared_data_round_trip(tmp_path):
     assert loaded.spatial.shape == data.spatial.shape and loaded.sasrec.num_items == data.rec.num_items
     with pytest.raises(FileNotFoundError, match="prepare_catalogs.py"):
         common.load_bench_data(tmp_path / "absent")
+
+
+BEAUTY_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "beauty"
+
+
+@pytest.mark.skipif(not (BEAUTY_DIR / "Beauty.txt").is_file(), reason="needs ../shared/data/beauty")
+def test_sasrec_benchmark_report_has_the_issue_keys_and_renders(tmp_path, monkeypatch):
+    import sasrec_beauty
+
+    output = tmp_path / "sasrec_beauty.json"
+    argv = ["sasrec_beauty.py", "--data-dir", str(BEAUTY_DIR), "--max-users", "300", "--num-epochs", "2"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--eval-every", "1", "--output", str(output)])
+    sasrec_beauty.main()
+    result = json.loads(output.read_text())
+    assert set(result["full_ranking"]) == {"HR@10", "NDCG@10"}
+    assert set(result["candidates_20"]) == {"HR@1", "HR@5", "NDCG@5"}
+    assert all(0.0 <= v <= 1.0 for v in [*result["full_ranking"].values(), *result["candidates_20"].values()])
+    assert result["command"].startswith("python sasrec_beauty.py --data-dir")
+    section = "\n".join(report.sasrec_section(result))
+    assert f"{result['full_ranking']['HR@10']:.4f}" in section and result["command"] in section
