@@ -139,6 +139,35 @@ def test_mean_of_experts_without_gate():
     torch.testing.assert_close(gates[1], torch.full((3,), 1 / 3))
 
 
+def mean_pairwise_cosine(tokens: torch.Tensor) -> float:
+    unit = torch.nn.functional.normalize(tokens.flatten(1), dim=-1)
+    similarity = unit @ unit.T
+    return similarity[~torch.eye(len(unit), dtype=torch.bool)].mean().item()
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_item_centering_keeps_items_apart_when_they_share_a_large_component(center):
+    model, _ = tiny_speeder(mrc_center_items=center)
+    mrc = model.mrc.train()
+    with torch.no_grad():  # an expert output dominated by one shared vector, as training drifts into
+        mrc.experts[0].fc2.bias.copy_(5.0 * torch.randn(mrc.experts[0].fc2.bias.shape))
+        mrc.experts[0].fc2.weight.mul_(0.05)
+    generator = torch.Generator().manual_seed(0)
+    features = [torch.randn(64, d, generator=generator) for d in model.config.modality_dims]
+    mask = torch.zeros(64, 3, dtype=torch.bool)
+    mask[:, 0] = True  # text only
+    tokens, _ = mrc(features, mask)
+    if center:
+        assert mean_pairwise_cosine(tokens) < 0.2
+        running = mrc.center.running_mean.clone()
+        assert running.abs().sum() > 0  # the training batch moved the running mean
+        mrc.eval()
+        eval_tokens, _ = mrc(features, mask)  # inference subtracts the running mean, not the batch's
+        assert torch.isfinite(eval_tokens).all() and torch.equal(mrc.center.running_mean, running)
+    else:
+        assert mean_pairwise_cosine(tokens) > 0.9
+
+
 def test_spae_parts_change_output_only_when_enabled():
     full, tok_full = tiny_speeder()
     enc = encode(tok_full)

@@ -41,6 +41,9 @@ class SpeederConfig(PretrainedConfig):
             Learn a gate over modalities; when False the experts of the available modalities are averaged.
         gate_hidden_size (`int`):
             Hidden size of the gate MLP.
+        mrc_center_items (`bool`):
+            Subtract the mean item token over the catalog before the LayerNorm (running estimate, as in BatchNorm),
+            so training cannot collapse every item onto one shared token (see `mrc.ItemCentering`).
         labelled_logits_only (`bool`):
             With labels, build logits (and the loss) only at positions that predict a labelled token; the answer
             is a few tokens after a long prompt, so this skips most of the LM head's work. Same loss either way.
@@ -90,6 +93,7 @@ class SpeederConfig(PretrainedConfig):
         num_item_tokens: int = 1,
         mrc_gate: bool = True,
         gate_hidden_size: int = 128,
+        mrc_center_items: bool = True,
         mrc_aux_loss_weight: float = 0.0,
         labelled_logits_only: bool = True,
         answer_loss: str = "labels",
@@ -140,6 +144,7 @@ class SpeederConfig(PretrainedConfig):
         self.num_item_tokens = num_item_tokens
         self.mrc_gate = mrc_gate
         self.gate_hidden_size = gate_hidden_size
+        self.mrc_center_items = mrc_center_items
         self.mrc_aux_loss_weight = mrc_aux_loss_weight
         self.labelled_logits_only = labelled_logits_only
         self.answer_loss = answer_loss

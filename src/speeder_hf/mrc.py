@@ -40,9 +40,36 @@ class ModalityGate(nn.Module):
         return self.fc2(self.act(self.fc1(features)))
 
 
+class ItemCentering(nn.Module):
+    """Subtracts the mean item token over the catalog, estimated on each training batch's items and kept as a
+    running average for inference (BatchNorm's mean half).
+
+    Without it the LayerNorm after the mixture keeps whatever component all items share, and training drifts into
+    a degenerate start: before the LLM can use items, noise in their tokens only raises the loss, so the cheapest
+    move is one shared token for every item (measured: mean pairwise cosine of trained item tokens 0.998 against
+    0.23 at initialisation, and ranking at chance). With the shared part removed, the LayerNorm rescales whatever
+    tells items apart to full norm, so that move no longer exists.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.05):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("running_mean", torch.zeros(dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        # tokens: (n, T, d)
+        if self.training and tokens.shape[0] > 1:
+            mean = tokens.mean(dim=(0, 1))  # (d,)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+            return tokens - mean
+        return tokens - self.running_mean.to(tokens.dtype)
+
+
 class MixtureOfModalityExperts(nn.Module):
     """One expert per modality, a gate over the modalities an item has and the model currently uses, and a
-    weighted sum normalised (LayerNorm) and rescaled to the LLM's typical token-embedding norm.
+    weighted sum centred over items (`ItemCentering`), normalised (LayerNorm) and rescaled to the LLM's typical
+    token-embedding norm.
 
     Returns the item tokens `(n, T, d_llm)` and the gate weights `(n, M)` (0 for masked modalities).
     """
@@ -59,6 +86,7 @@ class MixtureOfModalityExperts(nn.Module):
             if config.mrc_gate
             else None
         )
+        self.center = ItemCentering(hidden) if config.mrc_center_items else None
         self.norm = nn.LayerNorm(hidden)
         # LayerNorm output has norm ~sqrt(d); scale it to the norm of real token embeddings so item tokens
         # neither drown nor vanish next to the text around them.
@@ -83,6 +111,8 @@ class MixtureOfModalityExperts(nn.Module):
 
         expert_out = torch.stack([expert(f) for expert, f in zip(self.experts, features)], dim=1)  # (n, M, T, d)
         mixed = (weights.to(expert_out.dtype)[:, :, None, None] * expert_out).sum(dim=1)  # (n, T, d)
+        if self.center is not None:
+            mixed = self.center(mixed)
         return self.norm(mixed) * self.scale, weights
 
     @staticmethod
@@ -95,4 +125,4 @@ class MixtureOfModalityExperts(nn.Module):
         return usable.sum() * (share**2).sum()
 
 
-__all__ = ["MixtureOfModalityExperts", "ModalityExpert", "ModalityGate"]
+__all__ = ["ItemCentering", "MixtureOfModalityExperts", "ModalityExpert", "ModalityGate"]
