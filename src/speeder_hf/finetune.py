@@ -57,9 +57,9 @@ class FinetuneArguments:
     answer_loss: str = field(
         default="labels", metadata={"help": "Index answers: labels (softmax over candidate labels) or vocab."}
     )
-    sasrec_epochs: int = field(default=15, metadata={"help": "SASRec epochs (early stopping on validation)."})
+    sasrec_epochs: int = field(default=20, metadata={"help": "SASRec epochs (early stopping on validation)."})
     sasrec_loss: str = field(
-        default="bce", metadata={"help": "SASRec loss: ce (full softmax), sampled (shared negatives) or bce."}
+        default="sampled", metadata={"help": "SASRec loss: ce (full softmax), sampled (shared negatives) or bce."}
     )
     sasrec_max_len: int = field(default=20, metadata={"help": "SASRec sequence length."})
     sasrec_dropout: float = field(default=0.5, metadata={"help": "SASRec dropout (0.5 suits sparse Amazon data)."})
