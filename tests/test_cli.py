@@ -146,16 +146,20 @@ def trained(tiny_data):
     main(
         ["train", "--dataset", str(tiny_data / "data"), "--output_dir", str(out), "--llm", str(tiny_data / "llm")]
         + TINY_RUN
-        + ["--stage_steps", "1", "--batch_size", "2", "--max_train_samples", "8", "--max_eval_samples", "4"]
-        + ["--eval_batch_size", "4", "--num_examples", "1"]
+        + ["--stage_steps", "1", "--final_stage_steps", "2", "--batch_size", "2", "--max_train_samples", "8"]
+        + ["--max_eval_samples", "4", "--eval_batch_size", "4", "--num_examples", "1"]
+        + ["--cache_dir", str(tiny_data / "cache")]
     )
     return out
 
 
-def test_train_saves_a_model_that_recommends(trained):
+def test_train_saves_a_model_that_recommends(trained, tiny_data):
     results = json.loads((trained / "eval_results.json").read_text())
     assert results["metrics"]["num_samples"] == 4 and results["metrics"]["ValidRatio"] == 1.0
     assert [stage["name"] for stage in results["mpo_stages"]] == ["align", "id"]
+    assert [stage["max_steps"] for stage in results["mpo_stages"]] == [1, 2]  # --final_stage_steps
+    assert results["train_samples_seen"] == 3 * 2 and results["split"] == "test"
+    assert len(list((tiny_data / "cache").glob("sasrec-*/model.safetensors"))) == 1  # SASRec cached for a rerun
     catalog = ItemCatalog.load(trained)
     history = [catalog.item_ids[0], catalog.titles[1]]
     (ranking,) = Recommender.from_pretrained(str(trained)).recommend([history], top_k=2)
@@ -187,7 +191,10 @@ def test_evaluate_refuses_another_dataset(trained, tmp_path):
 
 def test_build_catalog(tiny_data, tmp_path, capsys):
     out = tmp_path / "catalog"
-    main(["build-catalog", "--dataset", str(tiny_data / "data"), "--out", str(out)] + TINY_RUN)
+    main(
+        ["build-catalog", "--dataset", str(tiny_data / "data"), "--out", str(out)]
+        + [*TINY_RUN, "--cache_dir", str(tmp_path / "cache")]
+    )
     catalog = ItemCatalog.load(out)
     assert catalog.modalities == ["id"] and catalog.titles[0] == "lipstick 1"
     assert catalog.features["id"].shape[0] == len(catalog)
