@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FinetuneArguments:
-    """Every knob of the main job. The defaults are the `make demo` budget (about 15 minutes on 2 CPU cores)."""
+    """Every knob of the main job. The defaults are a small CPU budget; `make demo` sets its own (`DEMO_FLAGS`)."""
 
     dataset: str = field(default="beauty", metadata={"help": "Dataset name (beauty, movielens) or a data folder."})
     output_dir: str = field(default="outputs/speeder-beauty", metadata={"help": "Where the model and results go."})
