@@ -105,6 +105,8 @@ def test_parser_builds_finetune_arguments():
     args = build_parser().parse_args(["train", "--dataset", "x", "--stage_steps", "3", "--max_eval_samples", "-1"])
     settings = _finetune_arguments(args)
     assert (settings.dataset, settings.stage_steps, settings.max_eval_samples) == ("x", 3, None)
+    with pytest.raises(ValueError, match="eval_split must be 'test' or 'validation', got 'train'"):
+        _finetune_arguments(build_parser().parse_args(["train", "--eval_split", "train"]))
 
 
 # ----- the data subcommands on a tiny dataset (S3Rec text format) and a tiny LLM folder ------------------------------

@@ -32,6 +32,11 @@ def test_config_round_trip_keeps_modality_order(tmp_path):
     assert loaded.modalities == ["image", "text", "id"] and loaded.modality_dims == [7, 5, 3]
 
 
+def test_config_rejects_an_unknown_answer_loss():
+    with pytest.raises(ValueError, match=r"answer_loss must be one of \('labels', 'vocab'\), got 'ranking'"):
+        SpeederConfig(answer_loss="ranking")
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("tie", [True, False])
 def test_save_and_auto_load_give_identical_logits(tmp_path, arch, tie):

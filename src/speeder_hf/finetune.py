@@ -85,6 +85,9 @@ class FinetuneArguments:
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to publish the model to."})
 
     def __post_init__(self) -> None:
+        # Checked here, not where it is used: that is after minutes of training.
+        if self.eval_split not in ("test", "validation"):
+            raise ValueError(f"eval_split must be 'test' or 'validation', got {self.eval_split!r}.")
         # A negative sample count on the command line means "all".
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
@@ -234,8 +237,6 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     )
     train_seconds = time.time() - train_start
 
-    if args.eval_split not in ("test", "validation"):
-        raise ValueError(f"eval_split must be 'test' or 'validation', got {args.eval_split!r}.")
     test = split[args.eval_split]
     if args.max_eval_samples is not None:
         test = test.select(range(min(args.max_eval_samples, len(test))))

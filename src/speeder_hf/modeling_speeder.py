@@ -244,6 +244,10 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         outputs.loss = loss / torch.as_tensor(denominator, device=loss.device)
         return outputs, n_labelled
 
+    def _label_ids(self, num_candidates: int, device: torch.device) -> torch.LongTensor:
+        """`(C,)` token ids of the first `num_candidates` candidate labels."""
+        return torch.tensor(self.config.label_token_ids[:num_candidates], device=device)
+
     @property
     def _label_softmax(self) -> bool:
         return self.config.answer_mode == "index" and self.config.answer_loss == "labels"
@@ -253,7 +257,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
     ) -> tuple[torch.Tensor, torch.LongTensor]:
         """Logits `(B, K, V)` and token targets `(B, K)` -> logits over the label tokens `(B, K, C)` and targets as
         label indices (`answer_loss="labels"`)."""
-        label_ids = torch.tensor(self.config.label_token_ids[: self.config.num_candidates], device=logits.device)
+        label_ids = self._label_ids(self.config.num_candidates, logits.device)
         matches = targets.unsqueeze(-1) == label_ids  # (B, K, C)
         labelled = targets != -100
         if (labelled & ~matches.any(-1)).any():
@@ -311,7 +315,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         The prompts must end where the answer label would follow (left or right padding both work).
         """
         num_candidates = num_candidates or self.config.num_candidates
-        label_ids = torch.tensor(self.config.label_token_ids[:num_candidates], device=input_ids.device)
+        label_ids = self._label_ids(num_candidates, input_ids.device)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         left_padded = bool((attention_mask[:, -1] == 1).all())
