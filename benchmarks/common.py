@@ -155,21 +155,22 @@ class MethodSpec:
 _NO_SPAE = (("spae_absolute", False), ("spae_relative", False))
 METHODS: dict[str, MethodSpec] = {
     "speeder": MethodSpec(
-        "speeder", "index", None, "mpo", ("mrc", "spae", "lora"), (), "Speeder: MRC gate + SPAE + MPO stages"
+        "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), (), "Speeder: MRC gate + SPAE + MPO stages"
     ),
     "speeder_no_gate": MethodSpec(
-        "speeder", "index", None, "mpo", ("mrc", "spae", "lora"), (("mrc_gate", False),),
+        "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), (("mrc_gate", False),),
         "w/o MRC gate: the experts of the available modalities are averaged",
     ),
     "speeder_no_spae": MethodSpec(
-        "speeder", "index", None, "mpo", ("mrc", "lora"), _NO_SPAE, "w/o SPAE: no position tokens, no recency"
+        "speeder", "index", None, "mpo", ("mrc", "head", "lora"), _NO_SPAE, "w/o SPAE: no position tokens, no recency"
     ),
     "speeder_no_mpo": MethodSpec(
-        "speeder", "index", None, "single", ("mrc", "spae", "lora"), (),
+        "speeder", "index", None, "single", ("mrc", "spae", "head", "lora"), (),
         "w/o MPO: every modality and LoRA from the first step, one stage",
     ),
     "speeder_text_only": MethodSpec(
-        "speeder", "index", ("text",), "mpo", ("mrc", "spae", "lora"), (), "text modality only (align + text stages)"
+        "speeder", "index", ("text",), "mpo", ("mrc", "spae", "head", "lora"), (),
+        "text modality only (align + text stages)",
     ),
     "llara": MethodSpec(
         "llara", "title", ("id",), "single", ("mrc", "lora"), _NO_SPAE,

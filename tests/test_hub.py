@@ -107,8 +107,8 @@ def test_widget_outputs_are_the_models_real_recommendations(card, saved):
 
 def test_card_training_and_citation_sections(card):
     text = card.text
-    assert "| 1 | align | text | mrc, spae | no | 0.001 | 2 |" in text
-    assert "| 3 | all | text, id | mrc, spae, lora | yes | 0.0002 | 2 |" in text
+    assert "| 1 | align | text | mrc, spae, head | no | 0.001 | 2 |" in text
+    assert "| 3 | all | text, id | mrc, spae, head, lora | yes | 0.0002 | 2 |" in text
     assert "6 optimizer steps over 3 stages, 48 training samples seen" in text
     assert "x86_64 CPU, 2 threads" in text
     assert "arXiv:2511.05885" in text and "mcauley2015image" in text and "kang2018sasrec" in text

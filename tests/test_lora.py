@@ -36,7 +36,7 @@ def trained_copy(peft_model: PeftModel, name: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_only_lora_mrc_and_spae_train(arch):
+def test_only_lora_mrc_spae_and_pointer_train(arch):
     model, _ = tiny_speeder(arch)
     peft_model = apply_lora(model, r=4)
     trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
@@ -44,12 +44,13 @@ def test_only_lora_mrc_and_spae_train(arch):
         "lora": [n for n in trainable if "lora_" in n],
         "mrc": [n for n in trainable if ".mrc.modules_to_save.default." in n],
         "spae": [n for n in trainable if ".spae.modules_to_save.default." in n],
+        "candidate_pointer": [n for n in trainable if ".candidate_pointer.modules_to_save.default." in n],
     }
     assert all(groups.values()), groups
     assert sorted(sum(groups.values(), [])) == sorted(trainable)
     assert all(n.startswith("base_model.model.language_model.") for n in groups["lora"])
-    # Every MRC / SPAE weight trains (gate, experts, norm, absolute and relative embeddings).
-    for name in ("mrc", "spae"):
+    # Every MRC / SPAE / pointer weight trains (gate, experts, norm, absolute and relative embeddings, query, key).
+    for name in ("mrc", "spae", "candidate_pointer"):
         assert len(groups[name]) == len(list(trained_copy(peft_model, name).parameters()))
 
 

@@ -227,8 +227,9 @@ def test_generate_rejects_right_padding(model_and_tokenizer):
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_score_candidates_agrees_with_full_forward(model_and_tokenizer, side):
-    speeder, tokenizer = model_and_tokenizer
+def test_score_candidates_agrees_with_full_forward(side):
+    speeder, tokenizer = tiny_speeder(candidate_pointer=False)
+    speeder.eval()
     tokenizer.padding_side = side
     short = "a user <|pos_1|><item> candidates ( A ) <item> ( B ) <item> answer :"
     enc = encode(tokenizer, [PROMPT, short])
@@ -255,7 +256,7 @@ def test_gradient_checkpointing_runs(model_and_tokenizer):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_labelled_positions_loss_equals_full_loss(arch):
-    model, tokenizer = tiny_speeder(arch)
+    model, tokenizer = tiny_speeder(arch, candidate_pointer=False)
     tokenizer.padding_side = "right"
     enc = encode(tokenizer, [PROMPT + " A", "a user <|pos_1|><item> candidates ( A ) <item> ( B ) <item> answer : B"])
     labels = torch.full_like(enc.input_ids, -100)
@@ -275,7 +276,7 @@ def test_labelled_positions_loss_equals_full_loss(arch):
 
 
 def test_label_softmax_loss_is_cross_entropy_over_the_candidate_labels():
-    model, tokenizer = tiny_speeder("llama")
+    model, tokenizer = tiny_speeder("llama", candidate_pointer=False)
     tokenizer.padding_side = "right"
     label_ids = model.config.label_token_ids[: model.config.num_candidates]
     prompts = [PROMPT, "a user <|pos_1|><item> candidates ( A ) <item> ( B ) <item> answer :"]

@@ -71,7 +71,8 @@ def test_default_stages_follow_the_spec():
         ("text+image", ["text", "image"], False),
         ("all", ["text", "image", "id"], False),
     ]
-    assert stages[0].train == ["mrc", "spae"] and all(s.train == ["mrc", "spae", "lora"] for s in stages[1:])
+    assert stages[0].train == ["mrc", "spae", "head"]
+    assert all(s.train == ["mrc", "spae", "head", "lora"] for s in stages[1:])
     assert all(s.max_steps == 5 and s.mix_from is None for s in stages)
     assert [s.name for s in default_stages(["text", "id"])] == ["align", "text", "all"]
     assert [s.name for s in default_stages(["text"])] == ["align", "text"]

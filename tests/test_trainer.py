@@ -99,7 +99,7 @@ def snapshot(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-def test_four_steps_lower_the_loss_and_update_mrc_spae_and_lora(tmp_path):
+def test_four_steps_lower_the_loss_and_update_mrc_spae_pointer_and_lora(tmp_path):
     base, tokenizer = tiny_speeder()
     model = apply_lora(base, r=4)
     rows, collator = ToyRows(), ToyCollator(tokenizer, base.config, metadata=True)
@@ -111,7 +111,7 @@ def test_four_steps_lower_the_loss_and_update_mrc_spae_and_lora(tmp_path):
     assert dataset_loss(model, rows, collator) < before
 
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, params[name])}
-    for part in ("lora_B", ".mrc.modules_to_save.", ".spae.modules_to_save."):
+    for part in ("lora_B", ".mrc.modules_to_save.", ".spae.modules_to_save.", ".candidate_pointer.modules_to_save."):
         assert any(part in name for name in changed), part
     assert all("lora_" in n or "modules_to_save" in n for n in changed)  # the LLM and the originals stay frozen
 

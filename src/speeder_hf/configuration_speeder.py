@@ -51,6 +51,13 @@ class SpeederConfig(PretrainedConfig):
             Training loss on index answers. `"labels"`: cross-entropy over the candidates' label tokens only, the
             very scores `score_candidates` ranks by, so no training goes into learning to emit a label at all;
             `"vocab"`: the plain LM loss over the whole vocabulary. Title answers always use the LM loss.
+        candidate_pointer (`bool`):
+            In index mode, add to each candidate label's logit a learned bilinear score between the answer
+            position's final hidden state and the one at that candidate's item token (see `candidate_pointer`), so
+            the label logits reach the items directly. Only for prompts that write candidate item slots (the
+            `speeder` style, or `llara` with hybrid prompts); no effect in title mode.
+        candidate_pointer_dim (`int`):
+            Rank of the pointer's query and key projections.
         mrc_aux_loss_weight (`float`):
             Weight of the gate load-balancing loss added to the LM loss (0 turns it off).
         item_token_norm (`float`, *optional*):
@@ -97,6 +104,8 @@ class SpeederConfig(PretrainedConfig):
         mrc_aux_loss_weight: float = 0.0,
         labelled_logits_only: bool = True,
         answer_loss: str = "labels",
+        candidate_pointer: bool = True,
+        candidate_pointer_dim: int = 256,
         item_token_norm: float | None = None,
         max_history_len: int = 20,
         spae_absolute: bool = True,
@@ -148,6 +157,8 @@ class SpeederConfig(PretrainedConfig):
         self.mrc_aux_loss_weight = mrc_aux_loss_weight
         self.labelled_logits_only = labelled_logits_only
         self.answer_loss = answer_loss
+        self.candidate_pointer = candidate_pointer
+        self.candidate_pointer_dim = candidate_pointer_dim
         self.item_token_norm = item_token_norm
         self.max_history_len = max_history_len
         self.spae_absolute = spae_absolute
@@ -170,6 +181,11 @@ class SpeederConfig(PretrainedConfig):
     def position_tokens(self) -> list[str]:
         """`<|pos_1|>` ... `<|pos_L|>`, L = `max_history_len`."""
         return [self.position_token_template.format(i) for i in range(1, self.max_history_len + 1)]
+
+    @property
+    def uses_candidate_pointer(self) -> bool:
+        """Whether the model scores index answers with the candidate pointer (index mode, item-slot prompts)."""
+        return self.candidate_pointer and self.answer_mode == "index" and self.prompt_style != "text"
 
     def modality_dim(self, modality: str) -> int:
         return self.modality_dims[self.modalities.index(modality)]

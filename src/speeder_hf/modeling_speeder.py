@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .candidate_pointer import CandidatePointer
 from .configuration_speeder import SpeederConfig
 from .item_features import ItemFeatureTable, check_finite
 from .mrc import MixtureOfModalityExperts
@@ -32,6 +34,13 @@ class SpeederPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
 
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, CandidatePointer):
+            init.normal_(module.query, std=module.query.shape[1] ** -0.5)
+            # A zero key: a fresh pointer adds nothing to the label logits.
+            init.zeros_(module.key)
+
 
 class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
     """Wraps any `AutoModelForCausalLM` as `language_model`, with the MRC projector (`mrc`), the SPAE
@@ -39,6 +48,9 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
 
     Placeholders `<item>` in `input_ids` are replaced, in row-major order, by the compressed tokens of the
     items given as catalog rows (`item_ids`) or as explicit per-slot features (`item_features`).
+
+    In index mode with `config.candidate_pointer`, candidate label scores are the LM head's label logits plus the
+    `candidate_pointer` scores; they enter the training loss (at labelled positions) and `score_candidates`.
     """
 
     def __init__(self, config: SpeederConfig):
@@ -47,6 +59,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         self.mrc = MixtureOfModalityExperts(config)
         self.spae = SequentialPositionEncoding(config)
         self.item_table = ItemFeatureTable(config)
+        self.candidate_pointer = CandidatePointer(config) if config.uses_candidate_pointer else None
         self.active_modalities = list(config.modalities)
         self.post_init()
 
@@ -199,10 +212,10 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                 input_ids, item_ids, item_features, item_presence, item_recency, item_time_gaps
             )
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        labelled_only = self.config.labelled_logits_only or self._label_softmax
+        labelled_only = self.config.labelled_logits_only or self._label_softmax or self.candidate_pointer is not None
         if labels is not None and labelled_only and "logits_to_keep" not in kwargs:
             outputs, n_labelled = self._labelled_positions_loss(
-                inputs_embeds, attention_mask, labels, num_items_in_batch, kwargs
+                input_ids, item_recency, inputs_embeds, attention_mask, labels, num_items_in_batch, kwargs
             )
         else:
             if num_items_in_batch is not None:
@@ -220,20 +233,30 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                 outputs.loss = outputs.loss + self.config.mrc_aux_loss_weight * aux_loss * share
         return SpeederCausalLMOutput(**outputs, gate_weights=gate_weights, aux_loss=aux_loss)
 
-    def _labelled_positions_loss(self, inputs_embeds, attention_mask, labels, num_items_in_batch, kwargs):
+    def _labelled_positions_loss(
+        self, input_ids, item_recency, inputs_embeds, attention_mask, labels, num_items_in_batch, kwargs
+    ):
         """LM loss with logits built only at positions that predict a labelled token.
 
         Recommendation prompts label one answer (a label token or a title) after a long prompt, so projecting every
         position onto the vocabulary, as the inner LM would, is mostly wasted: for SmolLM2 the LM head costs as much
-        as 8 of its 30 layers per position. Returned logits are `(B, K, V)` for the K kept positions.
+        as 8 of its 30 layers per position. Returned logits are `(B, K, V)` for the K kept positions (with the
+        candidate pointer's scores added on the label columns when the model has one).
         """
         shifted = nn.functional.pad(labels[:, 1:], (0, 1), value=-100)  # (B, S): the token each position predicts
         keep = (shifted != -100).any(0).nonzero().flatten()  # (K,) positions any row needs
-        outputs = self.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, logits_to_keep=keep, **kwargs
-        )
+        outputs = self._run_language_model(inputs_embeds, attention_mask, keep, kwargs)
         targets = shifted[:, keep]  # (B, K)
         n_labelled = int((targets != -100).sum())
+        if self.candidate_pointer is not None:
+            if input_ids is None:
+                raise ValueError("The candidate pointer finds candidate slots in input_ids; pass input_ids.")
+            hidden = outputs.hidden_states[-1]  # (B, S, d)
+            outputs.logits = self._add_pointer_scores(
+                outputs.logits, hidden[:, keep], hidden, input_ids, item_recency, self.config.num_candidates
+            )
+            if not kwargs.get("output_hidden_states"):  # asked for by the pointer, not by the caller
+                outputs = CausalLMOutputWithPast(**{k: v for k, v in outputs.items() if k != "hidden_states"})
         logits = outputs.logits
         if self._label_softmax:
             logits, targets = self._label_softmax_inputs(logits, targets)
@@ -243,6 +266,30 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         denominator = num_items_in_batch if num_items_in_batch is not None else max(n_labelled, 1)
         outputs.loss = loss / torch.as_tensor(denominator, device=loss.device)
         return outputs, n_labelled
+
+    def _run_language_model(self, inputs_embeds, attention_mask, logits_to_keep, kwargs) -> CausalLMOutputWithPast:
+        """The inner LM's forward; with the candidate pointer it also returns hidden states (the last is what the
+        pointer reads)."""
+        if self.candidate_pointer is not None:
+            kwargs = {**kwargs, "output_hidden_states": True}
+        return self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, logits_to_keep=logits_to_keep, **kwargs
+        )
+
+    def _add_pointer_scores(
+        self,
+        logits: torch.Tensor,
+        answer_hidden: torch.Tensor,
+        hidden_states: torch.Tensor,
+        input_ids: torch.LongTensor,
+        item_recency: torch.LongTensor | None,
+        num_candidates: int,
+    ) -> torch.Tensor:
+        """Adds the pointer's `(B, K, C)` scores to the label columns of `logits` `(B, K, V)`."""
+        positions, valid = self.candidate_pointer.candidate_positions(input_ids, item_recency, num_candidates)
+        scores = self.candidate_pointer(answer_hidden, hidden_states, positions, valid)  # (B, K, C)
+        label_ids = self._label_ids(num_candidates, logits.device)
+        return logits.index_add(-1, label_ids, scores.to(logits.dtype))
 
     def _label_ids(self, num_candidates: int, device: torch.device) -> torch.LongTensor:
         """`(C,)` token ids of the first `num_candidates` candidate labels."""
@@ -312,24 +359,26 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
     ) -> torch.Tensor:
         """Scores of each candidate label at the answer position, `(B, C)`, from one forward pass.
 
-        The prompts must end where the answer label would follow (left or right padding both work).
+        The prompts must end where the answer label would follow (left or right padding both work). A row that shows
+        fewer than `num_candidates` candidates gets meaningless scores in its extra columns.
         """
         num_candidates = num_candidates or self.config.num_candidates
-        label_ids = self._label_ids(num_candidates, input_ids.device)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        left_padded = bool((attention_mask[:, -1] == 1).all())
-        # With left padding the answer position is the last one for every row, so only its logits are built.
-        extra = {"logits_to_keep": 1} if left_padded else {}
-        logits = self(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra, **item_kwargs
-        ).logits
-        if left_padded:
-            last = logits[:, -1]
-        else:
-            lengths = attention_mask.long().cumsum(-1).argmax(-1)  # index of the last real token per row
-            last = logits[torch.arange(logits.shape[0], device=logits.device), lengths]
-        return last[:, label_ids].float()
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        answer = attention_mask.long().cumsum(-1).argmax(-1)  # (B,) last real token of each row, whatever the padding
+        kept = answer.unique()  # sorted
+        inputs_embeds, _ = self.embed_inputs(input_ids, **item_kwargs)
+        # Logits only at the answer positions: the LM head over the whole prompt would cost more than many layers.
+        outputs = self._run_language_model(inputs_embeds, attention_mask, kept, {"use_cache": False})
+        logits = outputs.logits[rows, torch.searchsorted(kept, answer)].unsqueeze(1)  # (B, 1, V)
+        if self.candidate_pointer is not None:
+            hidden = outputs.hidden_states[-1]  # (B, S, d)
+            answer_hidden = hidden[rows, answer].unsqueeze(1)  # (B, 1, d)
+            logits = self._add_pointer_scores(
+                logits, answer_hidden, hidden, input_ids, item_kwargs.get("item_recency"), num_candidates
+            )
+        return logits[:, 0, self._label_ids(num_candidates, input_ids.device)].float()
 
 
 __all__ = ["SpeederForSequentialRec", "SpeederPreTrainedModel", "SpeederCausalLMOutput"]

@@ -32,7 +32,9 @@ from .trainer import SpeederTrainer
 
 logger = logging.getLogger(__name__)
 
-GROUPS = ("mrc", "spae", "lora", "llm")
+GROUPS = ("mrc", "spae", "head", "lora", "llm")
+# Present only in some models (the candidate pointer exists in index mode only); asking for it elsewhere is no error.
+OPTIONAL_GROUPS = ("head",)
 # The SPEC's modality order; stages list modalities in it.
 CANONICAL_MODALITIES = ("text", "image", "id")
 STATE_FILE = "mpo_state.json"
@@ -48,8 +50,8 @@ class Stage:
         name: stage name (letters, digits, `+ - _ .`), used in its output folder `stage-<i>-<name>`.
         modalities: modalities the model uses during the stage.
         train: parameter groups that train, among `"mrc"` (experts + gate + norm), `"spae"` (position and recency
-            embeddings), `"lora"` (adapters) and `"llm"` (the language model's own weights, only without LoRA);
-            all other parameters are frozen.
+            embeddings), `"head"` (the candidate pointer, when the model has one), `"lora"` (adapters) and `"llm"`
+            (the language model's own weights, only without LoRA); all other parameters are frozen.
         lora: wrap the model with `apply_lora` at this stage if it is not wrapped yet; later stages keep the adapters.
         learning_rate: peak learning rate of the stage's schedule.
         max_steps, num_train_epochs: stage length; None inherits the value of the `TrainingArguments`.
@@ -60,7 +62,7 @@ class Stage:
 
     name: str
     modalities: list[str]
-    train: list[str] = field(default_factory=lambda: ["mrc", "spae"])
+    train: list[str] = field(default_factory=lambda: ["mrc", "spae", "head"])
     lora: bool = False
     learning_rate: float = 2e-4
     max_steps: int | None = None
@@ -93,8 +95,8 @@ def default_stages(
 ) -> list[Stage]:
     """The SPEC §3.5 schedule for the modalities a dataset has.
 
-    1. `align`: text only; MRC + SPAE train, the LLM is frozen.
-    2. `text`: text; LoRA added (MRC + SPAE + LoRA train).
+    1. `align`: text only; MRC + SPAE (+ the candidate pointer) train, the LLM is frozen.
+    2. `text`: text; LoRA added (MRC + SPAE + pointer + LoRA train).
     3. `text+image`: when images exist.
     4. `all`: every available modality (text + image + id), when that adds something to the previous stage.
 
@@ -115,8 +117,8 @@ def default_stages(
     base = "text" if "text" in available else available[0]
     common = {"max_steps": max_steps, "num_train_epochs": num_train_epochs, "warmup_ratio": warmup_ratio}
     stages = [
-        Stage("align", [base], ["mrc", "spae"], learning_rate=align_learning_rate, **common),
-        Stage(base, [base], ["mrc", "spae", "lora"], lora=True, learning_rate=learning_rate, **common),
+        Stage("align", [base], ["mrc", "spae", "head"], learning_rate=align_learning_rate, **common),
+        Stage(base, [base], ["mrc", "spae", "head", "lora"], lora=True, learning_rate=learning_rate, **common),
     ]
     following = [("text+image", ["text", "image"])] if base == "text" and "image" in available else []
     following.append(("all", available))
@@ -126,7 +128,12 @@ def default_stages(
             mix_from = list(previous) if mix else None
             stages.append(
                 Stage(
-                    name, modalities, ["mrc", "spae", "lora"], learning_rate=learning_rate, mix_from=mix_from, **common
+                    name,
+                    modalities,
+                    ["mrc", "spae", "head", "lora"],
+                    learning_rate=learning_rate,
+                    mix_from=mix_from,
+                    **common,
                 )
             )
     return stages
@@ -151,6 +158,8 @@ def parameter_group(name: str) -> str | None:
     top = name.split(".", 1)[0]
     if top == "language_model":
         return "llm"
+    if top == "candidate_pointer":
+        return "head"
     return top if top in ("mrc", "spae") else None
 
 
@@ -166,7 +175,7 @@ def set_trainable(model: torch.nn.Module, groups: Sequence[str]) -> dict[str, in
         param.requires_grad_(group in counts)
         if group in counts:
             counts[group] += param.numel()
-    empty = [g for g, n in counts.items() if n == 0]
+    empty = [g for g, n in counts.items() if n == 0 and g not in OPTIONAL_GROUPS]
     if empty:
         raise ValueError(f"No parameters in group(s) {empty} of {type(model).__name__} (is LoRA applied?).")
     return counts
