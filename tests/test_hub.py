@@ -107,6 +107,7 @@ def test_widget_outputs_are_the_models_real_recommendations(card, saved):
 
 def test_card_training_and_citation_sections(card):
     text = card.text
+    assert "single forward pass: each label's logit plus a learned pointer score" in text
     assert "| 1 | align | text | mrc, spae, head | no | 0.001 | 2 |" in text
     assert "| 3 | all | text, id | mrc, spae, head, lora | yes | 0.0002 | 2 |" in text
     assert "6 optimizer steps over 3 stages, 48 training samples seen" in text

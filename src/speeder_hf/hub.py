@@ -462,6 +462,12 @@ def build_model_card(
         retrieval_text=retrieval,
         num_candidates=config["num_candidates"],
         last_label=config["label_tokens"][config["num_candidates"] - 1],
+        pointer_text=(
+            ": each label's logit plus a learned pointer score between the answer position and that candidate's "
+            "item token"
+            if config.get("candidate_pointer") and config.get("answer_mode") == "index"
+            else ""
+        ),
         usage_snippet=usage,
         remote_code_snippet=remote_code,
         evaluation_intro=(
