@@ -230,6 +230,16 @@ def test_method_stages():
     assert all("spae" not in s.train for s in no_spae) and [s.name for s in no_spae] == ["align", "text", "all"]
     (single,) = common.make_stages(common.METHODS["speeder_no_mpo"], ["text", "id"], 5e-4, 2e-3)
     assert single.lora and single.modalities == ["text", "id"] and single.num_train_epochs == 1.0
+    assert all("head" in s.train for s in stages + no_spae + [single])  # the candidate pointer trains throughout
+
+
+def test_layer_cut_is_named_in_the_backbone_description(tmp_path):
+    assert common.describe_backbone("smollm2", 6).endswith("de-quantised, first 6 layers)")
+    llm = tiny_llm()
+    llm.save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    _, cut = common.load_backbone(str(tmp_path), num_layers=1)
+    assert cut.config.num_hidden_layers == 1 < llm.config.num_hidden_layers
 
 
 # ----- the benchmark scripts ----------------------------------------------------------------------------------------
