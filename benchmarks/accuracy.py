@@ -300,11 +300,19 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
     results: dict[str, Any] = json.loads(out_json.read_text()) if args.resume and out_json.is_file() else {}
     # Every invocation that contributed methods (a --resume run adds to an earlier one).
     runs = results.setdefault("runs", [])
-    runs.append({"command": command_line(__file__, args.argv), "date": today(), "methods": []})
+    machine = machine_description()
+    runs.append(
+        {
+            "command": command_line(__file__, args.argv),
+            "date": today(),
+            "git_commit_at_start": machine["git_commit_at_start"],
+            "methods": [],
+        }
+    )
     results.update(
         {
             "command": command_line(__file__, args.argv),
-            "machine": machine_description(),
+            "machine": machine,
             "date": today(),
             "backbone": "tiny random Llama (quick)" if args.quick else describe_backbone(args.llm, args.llm_layers),
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "argv"},
@@ -349,9 +357,9 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
             runs[-1]["methods"].append(f"{name}/{method}")
             entry["skipped"].pop(method, None)
             logger.info("%s / %s: %s", name, method, {k: entry["methods"][method][k] for k in METRIC_KEYS[:3]})
-            results["wall_seconds"] = round(time.perf_counter() - start, 1)
+            results["wall_seconds"] = runs[-1]["wall_seconds"] = round(time.perf_counter() - start, 1)
             write_outputs(results, args.out)
-    results["wall_seconds"] = round(time.perf_counter() - start, 1)
+    results["wall_seconds"] = runs[-1]["wall_seconds"] = round(time.perf_counter() - start, 1)
     write_outputs(results, args.out)
     return results
 

@@ -111,8 +111,18 @@ def efficiency_section(result: dict[str, Any], image: str) -> list[str]:
 
 def accuracy_section(result: dict[str, Any], image: str) -> list[str]:
     lines = ["### Accuracy", "", *_provenance(result)]
+    runs = result.get("runs", [])
     if "wall_seconds" in result:
-        lines.append(f"- wall time: {result['wall_seconds'] / 60:.1f} min")
+        last = " (of the last run)" if len(runs) > 1 else ""
+        lines.append(f"- wall time{last}: {result['wall_seconds'] / 60:.1f} min")
+    if len(runs) > 1:  # a --resume run adds methods to earlier ones: say which command produced which rows
+        lines.append("- the rows come from several runs of the script:")
+        for run in runs:
+            commit = f" at commit {run['git_commit_at_start']}" if run.get("git_commit_at_start") else ""
+            wall = f", {run['wall_seconds'] / 60:.1f} min" if "wall_seconds" in run else ""
+            lines.append(
+                f"  - `{run['command']}` ({run['date']}{commit}{wall}): {', '.join(run['methods']) or 'nothing new'}"
+            )
     lines += ["", f"![accuracy]({image})", ""]
     datasets = [k for k, v in result.items() if isinstance(v, dict) and "budget" in v]
     for dataset in datasets:

@@ -305,6 +305,11 @@ def test_accuracy_resume_keeps_finished_methods_and_time_budget_skips(quick_resu
     before = json.loads((tmp_path / "accuracy.json").read_text())["synthetic"]["methods"]["sasrec"]
     result = accuracy.main(["--quick", "--out", str(tmp_path), "--resume", "--methods", "sasrec,llara"])
     assert result["synthetic"]["methods"]["sasrec"] == before
+    first, resumed = result["runs"]
+    assert "synthetic/llara" in first["methods"] and resumed["methods"] == []  # both were kept
+    assert resumed["wall_seconds"] > 0 and "git_commit_at_start" in resumed
+    section = "\n".join(report.accuracy_section(result, "accuracy.png"))
+    assert "the rows come from several runs" in section and "min): nothing new" in section
     result = accuracy.main(["--quick", "--out", str(tmp_path), "--methods", "sasrec", "--time-budget-s", "0"])
     assert result["synthetic"]["methods"] == {} and "time budget" in result["synthetic"]["skipped"]["sasrec"]
 
