@@ -189,18 +189,6 @@ SASREC = "sasrec"
 STYLE_METHODS = {"speeder": "speeder", "llara": "llara", "text": "text", "mllm": "mllm"}
 
 
-def load_backbone(llm: str, dtype: torch.dtype = torch.float32, num_layers: int | None = None):
-    """Tokenizer and causal LM from a folder (or `"smollm2"`, the offline default); `num_layers` keeps only the
-    first transformer layers (a CPU compute budget, as `finetune.py --llm_layers`)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from speeder_hf.backbones import resolve_llm
-
-    path = resolve_llm(llm)
-    overrides = {"num_hidden_layers": num_layers} if num_layers else {}
-    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **overrides)
-
-
 def build_model(
     spec: MethodSpec,
     data: BenchData,
@@ -216,7 +204,9 @@ def build_model(
     missing = [m for m in spec.modalities or () if m not in modalities]
     if missing:
         raise ValueError(f"Dataset {data.name!r} has no {missing} features (it has {data.catalog.modalities}).")
-    tokenizer, llm_model = load_backbone(llm, dtype, num_layers)
+    from speeder_hf.backbones import load_llm
+
+    tokenizer, llm_model = load_llm(llm, dtype, num_layers)
     kwargs: dict[str, Any] = {
         "modalities": modalities,
         "modality_dims": data.catalog.modality_dims(modalities),

@@ -17,6 +17,7 @@ from conftest import tiny_llm, tiny_tokenizer
 from PIL import Image
 
 from speeder_hf import SpeederConfig
+from speeder_hf.backbones import load_llm
 from speeder_hf.baselines import (
     LlaraCurriculumCallback,
     LlaraForSequentialRec,
@@ -238,7 +239,7 @@ def test_layer_cut_is_named_in_the_backbone_description(tmp_path):
     llm = tiny_llm()
     llm.save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
-    _, cut = common.load_backbone(str(tmp_path), num_layers=1)
+    _, cut = load_llm(str(tmp_path), num_layers=1)
     assert cut.config.num_hidden_layers == 1 < llm.config.num_hidden_layers
 
 

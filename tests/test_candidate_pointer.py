@@ -32,6 +32,16 @@ def test_candidate_positions_follow_the_written_order_and_mark_missing_candidate
         model.candidate_pointer.candidate_positions(enc.input_ids, None, num_candidates=5)
     with pytest.raises(ValueError, match="more than num_candidates=2"):
         model.candidate_pointer.candidate_positions(enc.input_ids, RECENCY, num_candidates=2)
+    with pytest.raises(ValueError, match="7 item recencies for 8 placeholders"):
+        model.candidate_pointer.candidate_positions(enc.input_ids, RECENCY[:7], num_candidates=5)
+
+
+def test_training_without_input_ids_is_a_clear_error():
+    model, tokenizer = tiny_speeder()
+    enc = encoded(tokenizer)
+    embeds, _ = model.embed_inputs(enc.input_ids, ITEMS, item_recency=RECENCY)
+    with pytest.raises(ValueError, match="pass input_ids"):
+        model(inputs_embeds=embeds, attention_mask=enc.attention_mask, labels=enc.input_ids)
 
 
 def test_fresh_pointer_adds_nothing():

@@ -69,4 +69,17 @@ def resolve_llm(name_or_path: str) -> str:
     return name_or_path
 
 
-__all__ = ["resolve_llm", "smollm2_path", "cache_dir"]
+def load_llm(name_or_path: str, dtype: torch.dtype = torch.float32, num_layers: int | None = None):
+    """Tokenizer and causal LM from a folder, a Hub id or `"smollm2"` (see `resolve_llm`).
+
+    Args:
+        num_layers: keep only the first transformer layers (a compute budget for CPUs); None keeps them all.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_llm(name_or_path)
+    overrides = {"num_hidden_layers": num_layers} if num_layers else {}
+    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **overrides)
+
+
+__all__ = ["load_llm", "resolve_llm", "smollm2_path", "cache_dir"]

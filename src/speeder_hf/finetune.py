@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+from transformers import AutoModel, TrainingArguments, set_seed
 
-from .backbones import resolve_llm
+from .backbones import load_llm
 from .catalog import ItemCatalog
 from .collator import SpeederDataCollator
 from .data import CandidateSamplingDataset, RecDataset, make_split, training_sequences
@@ -160,10 +160,7 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def build_model(catalog: ItemCatalog, args: FinetuneArguments) -> tuple[SpeederForSequentialRec, Any]:
     """A Speeder model around the LLM, holding the catalog's feature table."""
-    path = resolve_llm(args.llm)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    overrides = {"num_hidden_layers": args.llm_layers} if args.llm_layers else {}
-    llm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **overrides)
+    tokenizer, llm = load_llm(args.llm, torch.float32, args.llm_layers)
     modalities = catalog.modalities
     model = SpeederForSequentialRec.from_llm(
         llm,
