@@ -308,7 +308,9 @@ def test_accuracy_resume_keeps_finished_methods_and_time_budget_skips(quick_resu
     assert result["synthetic"]["methods"]["sasrec"] == before
     first, resumed = result["runs"]
     assert "synthetic/llara" in first["methods"] and resumed["methods"] == []  # both were kept
-    assert resumed["wall_seconds"] > 0 and "git_commit_at_start" in resumed
+    # nothing ran, so its wall time may round to 0.0; what matters is that it is recorded
+    assert isinstance(resumed["wall_seconds"], float) and 0 <= resumed["wall_seconds"] < first["wall_seconds"]
+    assert "git_commit_at_start" in resumed
     section = "\n".join(report.accuracy_section(result, "accuracy.png"))
     assert "the rows come from several runs" in section and "min): nothing new" in section
     result = accuracy.main(["--quick", "--out", str(tmp_path), "--methods", "sasrec", "--time-budget-s", "0"])
