@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ def accuracy_section(result: dict[str, Any], image: str) -> list[str]:
             )
         for name, reason in entry.get("skipped", {}).items():
             lines.append(f"| {name} | skipped: {reason} |" + " |" * len(METRICS))
-        lines += ["", *accuracy_targets(methods), ""]
+        lines += ["", *accuracy_targets(methods, data["test_users"]), ""]
     lines.append(
         "Title-answer methods (llara, text, mllm) generate one answer (LLaRA's parser), so they have no ranking "
         "metrics (–). SASRec ranks all candidates: its VHR@1 is its HR@1."
@@ -154,7 +155,8 @@ def accuracy_section(result: dict[str, Any], image: str) -> list[str]:
     return lines
 
 
-def accuracy_targets(methods: dict[str, dict]) -> list[str]:
+def accuracy_targets(methods: dict[str, dict], num_users: int) -> list[str]:
+    """Target checks, each ablation's gap to the full model measured against the noise of `num_users` users."""
     if "speeder" not in methods:
         return ["- targets: speeder was not run."]
     full = methods["speeder"]["VHR@1"]
@@ -166,9 +168,23 @@ def accuracy_targets(methods: dict[str, dict]) -> list[str]:
     for ablation in ABLATIONS:
         if ablation in methods:
             value = methods[ablation]["VHR@1"]
-            verdict = "below the full model" if value < full else "**not below the full model** (does not help here)"
-            lines.append(f"- {ablation}: VHR@1 {value:.4f}, {verdict}")
+            lines.append(f"- {ablation}: VHR@1 {value:.4f}, {ablation_verdict(full, value, num_users)}")
     return lines
+
+
+def ablation_verdict(full: float, ablated: float, num_users: int) -> str:
+    """Whether removing a part lowered VHR@1 by more than twice the standard error of the difference.
+
+    Each VHR@1 is a proportion over the same `num_users` test users; the unpaired standard error
+    sqrt(p1(1-p1)/n + p2(1-p2)/n) overstates the noise of a paired comparison, so "within noise" is conservative.
+    """
+    margin = 2 * math.sqrt((full * (1 - full) + ablated * (1 - ablated)) / num_users)
+    gap = full - ablated
+    if gap > margin:
+        return f"below the full model by {gap:.4f} (more than 2 standard errors, {margin:.4f})"
+    if gap > 0:
+        return f"below the full model by {gap:.4f}, within noise (2 standard errors: {margin:.4f})"
+    return f"**not below the full model** (does not help here; 2 standard errors: {margin:.4f})"
 
 
 def sasrec_section(result: dict[str, Any]) -> list[str]:

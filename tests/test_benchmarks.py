@@ -365,3 +365,12 @@ def test_sasrec_benchmark_report_has_the_issue_keys_and_renders(tmp_path, monkey
     assert result["command"].startswith("python sasrec_beauty.py --data-dir")
     section = "\n".join(report.sasrec_section(result))
     assert f"{result['full_ranking']['HR@10']:.4f}" in section and result["command"] in section
+
+
+def test_ablation_verdict_weighs_the_gap_against_the_noise_of_the_test_users():
+    # 1000 users at VHR@1 ~0.14: two standard errors of the difference are about 0.031
+    assert report.ablation_verdict(0.138, 0.101, 1000).startswith("below the full model by 0.0370 (more than")
+    assert "within noise" in report.ablation_verdict(0.138, 0.129, 1000)
+    assert "not below" in report.ablation_verdict(0.138, 0.144, 1000)
+    # the same gap is real with enough users
+    assert "more than 2 standard errors" in report.ablation_verdict(0.138, 0.129, 100_000)
