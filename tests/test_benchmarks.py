@@ -5,6 +5,7 @@ section is rendered from them."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -234,13 +235,29 @@ def test_method_stages():
     assert all("head" in s.train for s in stages + no_spae + [single])  # the candidate pointer trains throughout
 
 
-def test_layer_cut_is_named_in_the_backbone_description(tmp_path):
+def test_layer_cut_is_named_in_the_backbone_description(tmp_path, caplog):
     assert common.describe_backbone("smollm2", 6).endswith("de-quantised, first 6 layers)")
     llm = tiny_llm()
     llm.save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
-    _, cut = load_llm(str(tmp_path), num_layers=1)
+    with caplog.at_level(logging.INFO):
+        _, cut = load_llm(str(tmp_path), num_layers=1)
     assert cut.config.num_hidden_layers == 1 < llm.config.num_hidden_layers
+    assert torch.equal(cut.model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight)
+    # the deliberately dropped layers are not reported as a loading problem, only named once
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in warned if "LOAD REPORT" in r.getMessage() or r.name == "speeder_hf.backbones"]
+    assert f"kept the first 1 of {llm.config.num_hidden_layers} transformer layers" in caplog.text
+
+
+def test_layer_cut_still_reports_weights_that_did_not_load(tmp_path, caplog):
+    llm = tiny_llm()
+    state = {k: v for k, v in llm.state_dict().items() if k != "model.layers.0.mlp.up_proj.weight"}
+    llm.save_pretrained(tmp_path, state_dict=state)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="speeder_hf.backbones"):
+        load_llm(str(tmp_path), num_layers=1)
+    assert "besides the dropped layers: ['model.layers.0.mlp.up_proj.weight']" in caplog.text
 
 
 # ----- the benchmark scripts ----------------------------------------------------------------------------------------

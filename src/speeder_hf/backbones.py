@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -78,8 +79,35 @@ def load_llm(name_or_path: str, dtype: torch.dtype = torch.float32, num_layers: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_llm(name_or_path)
-    overrides = {"num_hidden_layers": num_layers} if num_layers else {}
-    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **overrides)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not num_layers:
+        return tokenizer, AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    # transformers lists every weight of the dropped layers as UNEXPECTED in a long warning; silence it and check
+    # instead that nothing but those layers failed to load.
+    load_logger = logging.getLogger("transformers.modeling_utils")
+    level = load_logger.level
+    load_logger.setLevel(logging.ERROR)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, num_hidden_layers=num_layers, output_loading_info=True
+        )
+    finally:
+        load_logger.setLevel(level)
+    layers = {key: _layer_index(key) for key in info["unexpected_keys"]}
+    dropped = {key for key, layer in layers.items() if layer is not None and layer >= num_layers}
+    problems = sorted(info["unexpected_keys"] - dropped) + sorted(info["missing_keys"])
+    problems += sorted(key for key, *_ in info["mismatched_keys"])
+    if problems:
+        logger.warning("%s: weights that did not load besides the dropped layers: %s", path, problems)
+    total = num_layers + len({layers[key] for key in dropped})
+    logger.info("%s: kept the first %d of %d transformer layers", path, num_layers, total)
+    return tokenizer, model
+
+
+def _layer_index(key: str) -> int | None:
+    """The transformer layer a weight belongs to (`model.layers.7.mlp...` -> 7), None outside the layers."""
+    match = re.search(r"\blayers\.(\d+)\.", key)
+    return int(match.group(1)) if match else None
 
 
 __all__ = ["load_llm", "resolve_llm", "smollm2_path", "cache_dir"]
