@@ -11,7 +11,9 @@ Methods: `speeder`, `speeder_no_gate`, `speeder_no_spae`, `speeder_no_mpo`, `spe
 LLaRA's parser: they have VHR@1, ValidRatio and HR@1 but no ranking, so their HR@5/10 and NDCG@5/10 are null.
 
 Writes `<out>/accuracy.json` after every method (a run that runs out of time keeps what it finished; `--resume`
-skips methods already there), and `accuracy.md` (tables) and `accuracy.png`.
+skips methods already there), and `accuracy.md` (tables) and `accuracy.png`. Training checkpoints every
+`--save-steps` steps under `--work-dir`; after a kill, the same command with `--resume` continues the interrupted
+method from its last checkpoint (same settings only), and its `train_seconds` adds up the sittings.
 
     python benchmarks/prepare_catalogs.py --out outputs/bench_catalogs          # once, on CPU
     python benchmarks/accuracy.py --catalog-dir outputs/bench_catalogs --llm smollm2 --time-budget-s 480
@@ -33,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -60,6 +63,7 @@ from speeder_hf.data import CandidateSamplingDataset, make_split  # noqa: E402
 from speeder_hf.evaluation import evaluate_ranking  # noqa: E402
 from speeder_hf.lora import merge_lora  # noqa: E402
 from speeder_hf.metrics import bucket_indices  # noqa: E402
+from speeder_hf.mpo import DONE_FILE  # noqa: E402
 from speeder_hf.sasrec import evaluate_sasrec  # noqa: E402
 
 logger = logging.getLogger("benchmarks.accuracy")
@@ -87,7 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--llm", default="smollm2", help="backbone folder, or 'smollm2' (offline default)")
     parser.add_argument("--llm-layers", type=int, default=None, help="keep only the first N layers (CPU budget)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for accuracy.json/.md/.png")
-    parser.add_argument("--work-dir", type=Path, default=Path("outputs/accuracy_work"), help="stage checkpoints")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="checkpoints (outputs/accuracy_work; --quick: a temp dir)"
+    )
+    parser.add_argument(
+        "--save-steps", type=int, default=50, help="checkpoint every N optimizer steps (0: never); --resume continues"
+    )
     parser.add_argument("--train-samples", type=int, default=4000, help="training samples per method (each once)")
     parser.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step")
     parser.add_argument("--max-micro-tokens", type=int, default=32768, help="tokens per micro batch (memory)")
@@ -102,7 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--generation-batch-size", type=int, default=128, help="title-generation batch")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="LLaRA's generation length (stops at eos)")
     parser.add_argument("--time-budget-s", type=float, default=None, help="start no method after this many seconds")
-    parser.add_argument("--resume", action="store_true", help="keep methods already in <out>/accuracy.json")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep methods already in <out>/accuracy.json and continue an interrupted method from its checkpoint",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic data (smoke test)")
     parser.add_argument("--plot-only", action="store_true", help="rewrite accuracy.md/.png from <out>/accuracy.json")
@@ -110,6 +123,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.argv = argv
     args.datasets = [d for d in args.datasets.split(",") if d]
     args.methods = [m for m in args.methods.split(",") if m]
+    if args.work_dir is None and not args.quick:
+        args.work_dir = Path("outputs/accuracy_work")
     unknown = [m for m in args.methods if m not in ALL_METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose among {ALL_METHODS}")
@@ -124,7 +139,8 @@ def apply_quick(args: argparse.Namespace, scratch: Path) -> None:
     args.train_samples, args.batch_size, args.max_test_users = 24, 8, 12
     args.eval_batch_size = args.generation_batch_size = 12
     args.max_new_tokens = 8
-    args.work_dir = scratch / "work"
+    args.save_steps = 1
+    args.work_dir = args.work_dir or scratch / "work"
 
 
 def load_datasets(args: argparse.Namespace) -> dict[str, BenchData]:
@@ -187,6 +203,57 @@ def evaluate_sasrec_rows(data: BenchData, test) -> dict[str, Any]:
     }
 
 
+SITTINGS_FILE = "sittings.json"
+
+
+def training_settings(name: str, data: BenchData, args: argparse.Namespace) -> dict[str, Any]:
+    """What must be unchanged for an interrupted training run to be continued rather than restarted."""
+    keys = ("llm", "llm_layers", "train_samples", "batch_size", "max_micro_tokens", "learning_rate",
+            "align_learning_rate", "lora_r", "lora_alpha", "num_candidates", "max_history_len", "seed")  # fmt: skip
+    settings = {"method": name, "dataset": data.name, **{key: getattr(args, key) for key in keys}}
+    if args.quick:  # the seeded tiny backbone, rewritten into a new temporary folder by every run
+        settings["llm"] = "tiny random Llama (quick)"
+    return settings
+
+
+def start_sitting(work: Path, settings: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """Opens a training sitting in `work`: the next one of a run left there with the same settings and at least one
+    checkpoint (with `resume`), else a fresh run (the folder is emptied). Returns the updated `sittings.json`."""
+    record_file = work / SITTINGS_FILE
+    record = json.loads(record_file.read_text()) if record_file.is_file() else None
+    progress = any(work.glob("stage-*/checkpoint-*")) or any(work.glob(f"stage-*/{DONE_FILE}"))
+    if resume and record is not None and record["settings"] == settings and progress:
+        record["sittings"] += 1
+        logger.info(
+            "%s: continuing sitting %d (%.0f s trained so far)", work, record["sittings"], record["train_seconds"]
+        )
+    else:
+        if resume and record is not None:
+            logger.info("%s: settings changed or no checkpoint yet; training from the start", work)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        commit = machine_description()["git_commit_at_start"]
+        record = {"settings": settings, "commit": commit, "sittings": 1, "train_seconds": 0.0}
+    write_json(record_file, record)
+    return record
+
+
+class TrainClock(TrainerCallback):
+    """Training seconds over all sittings: at each checkpoint it writes the total so far into `sittings.json`, so
+    a continued run adds its own time to what the checkpoint had cost (steps redone after a kill count once)."""
+
+    def __init__(self, record_file: Path, earlier_seconds: float):
+        self.record_file, self.earlier = record_file, earlier_seconds
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.earlier + time.perf_counter() - self.start
+
+    def on_save(self, args, state, control, **kwargs):
+        record = json.loads(self.record_file.read_text())
+        write_json(self.record_file, {**record, "train_seconds": round(self.seconds(), 1)})
+
+
 def run_method(name: str, data: BenchData, split, test, train, args: argparse.Namespace) -> dict[str, Any]:
     """Trains (LLM methods) and evaluates one method on one dataset."""
     start = time.perf_counter()
@@ -205,7 +272,8 @@ def run_method(name: str, data: BenchData, split, test, train, args: argparse.Na
         spec, model, tokenizer, data, [probe[i] for i in range(len(probe))], args.batch_size, args.max_micro_tokens
     )
     work = args.work_dir / data.name / name
-    shutil.rmtree(work, ignore_errors=True)
+    sitting = start_sitting(work, training_settings(name, data, args), resume=args.resume)
+    clock = TrainClock(work / SITTINGS_FILE, sitting["train_seconds"])
     train_start = time.perf_counter()
     model, stages = train_method(
         spec,
@@ -223,8 +291,12 @@ def run_method(name: str, data: BenchData, split, test, train, args: argparse.Na
         seed=args.seed,
         num_candidates=args.num_candidates,
         bf16=device == "cuda",
+        save_steps=args.save_steps or None,
+        resume=sitting["sittings"] > 1,
+        callbacks=[clock],
     )
     trained = time.perf_counter()
+    train_seconds = clock.seconds()
     samples_seen = (len(train) // len(stages)) * len(stages)
     result = evaluate_llm(spec, model, tokenizer, data, test, args)
     del model
@@ -239,8 +311,11 @@ def run_method(name: str, data: BenchData, split, test, train, args: argparse.Na
         "micro_batch_size": micro,
         "longest_train_prompt_tokens": longest,
         "setup_seconds": round(train_start - start, 1),
-        "train_seconds": round(trained - train_start, 1),
-        "train_samples_per_s": round(samples_seen / (trained - train_start), 2),
+        "train_seconds": round(train_seconds, 1),
+        "train_samples_per_s": round(samples_seen / train_seconds, 2),
+        # more than one: interrupted and continued from a checkpoint (train_seconds adds the sittings up)
+        "train_sittings": sitting["sittings"],
+        "train_started_at_commit": sitting["commit"],
         "eval_seconds": round(time.perf_counter() - trained, 1),
     }
 

@@ -276,12 +276,13 @@ def make_stages(spec: MethodSpec, modalities: Sequence[str], learning_rate: floa
 
 class StageSlices(torch.utils.data.Dataset):
     """The training samples split into one disjoint, equal slice per MPO stage, so a method with S stages sees each
-    sample once in all (the budget of a one-stage method), not the same first samples S times. `StageSliceCallback`
-    moves to the next slice at each stage's start. Indices reach `base` unchanged, so per-sample training
-    candidates (`CandidateSamplingDataset`: seeded by epoch and index) are the same for every method."""
+    sample once in all (the budget of a one-stage method), not the same first samples S times. `run_mpo` calls
+    `set_stage` as each stage starts (also when a resumed run starts in a later stage). Indices reach `base`
+    unchanged, so per-sample training candidates (`CandidateSamplingDataset`: seeded by epoch and index) are the
+    same for every method."""
 
     def __init__(self, base, num_stages: int):
-        self.base, self.num_stages, self.stage = base, num_stages, -1
+        self.base, self.num_stages, self.stage = base, num_stages, 0
         self.slice_len = len(base) // num_stages
         if self.slice_len == 0:
             raise ValueError(f"{len(base)} training samples cannot be split over {num_stages} stages.")
@@ -290,20 +291,13 @@ class StageSlices(torch.utils.data.Dataset):
         return self.slice_len
 
     def __getitem__(self, index: int):
-        return self.base[max(self.stage, 0) * self.slice_len + int(index)]
+        return self.base[self.stage * self.slice_len + int(index)]
+
+    def set_stage(self, index: int) -> None:
+        self.stage = index
 
     def set_epoch(self, epoch: int) -> None:
         self.base.set_epoch(epoch)
-
-
-def stage_slice_callback(dataset: StageSlices):
-    from transformers import TrainerCallback
-
-    class StageSliceCallback(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            dataset.stage += 1
-
-    return StageSliceCallback()
 
 
 def train_method(
@@ -322,9 +316,18 @@ def train_method(
     seed: int,
     num_candidates: int,
     bf16: bool,
+    save_steps: int | None = None,
+    resume: bool = False,
+    callbacks: list | None = None,
 ):
     """Trains `model` with `run_mpo` (MPO stages, or a single LoRA stage) on `train_rows`; returns the trained
-    model (a `PeftModel`) and the stages run."""
+    model (a `PeftModel`) and the stages run.
+
+    Args:
+        save_steps: checkpoint every this many optimizer steps (the last one kept per stage); None: no checkpoints.
+        resume: continue the run in `output_dir` (see `run_mpo`'s `resume_from_checkpoint=True`).
+        callbacks: more `TrainerCallback`s for every stage.
+    """
     from transformers import TrainingArguments
 
     from speeder_hf.data import CandidateSamplingDataset
@@ -332,7 +335,7 @@ def train_method(
 
     stages = make_stages(spec, model.config.modalities, learning_rate, align_learning_rate)
     dataset = StageSlices(CandidateSamplingDataset(train_rows, data.rec, num_candidates, seed=seed), len(stages))
-    callbacks = [stage_slice_callback(dataset)]
+    callbacks = list(callbacks or [])
     if spec.prompt_style == "llara":
         callbacks.append(LlaraCurriculumCallback(model, seed=seed))
     if batch_size % micro_batch_size:
@@ -342,7 +345,9 @@ def train_method(
         per_device_train_batch_size=micro_batch_size,
         gradient_accumulation_steps=batch_size // micro_batch_size,
         logging_steps=20,
-        save_strategy="no",
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=1,
         report_to="none",
         remove_unused_columns=False,
         bf16=bf16,
@@ -360,6 +365,7 @@ def train_method(
         callbacks=callbacks,
         lora_kwargs={"r": lora_r, "alpha": lora_alpha},
         processing_class=tokenizer,
+        resume_from_checkpoint=resume,
     )
     return model, stages
 

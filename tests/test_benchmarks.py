@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +28,7 @@ from speeder_hf.baselines import (
 )
 from speeder_hf.collator import SpeederDataCollator
 from speeder_hf.evaluation import evaluate_ranking
+from speeder_hf.mpo import MPOCallback, Stage
 from speeder_hf.prompts import PromptBuilder
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -215,12 +217,11 @@ def test_stage_slices_give_each_stage_its_own_samples():
             base.epoch = epoch
 
     slices = common.StageSlices(Base(), 3)
-    callback = common.stage_slice_callback(slices)
-    seen = []
-    for _ in range(3):
-        callback.on_train_begin(None, None, None)
-        seen.append([slices[i] for i in range(len(slices))])
-    assert seen == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    seen = {}
+    for index in (2, 0, 1):  # by index: a resumed run may start in stage 2
+        MPOCallback(None, Stage("s", ["text"]), index, slices).on_train_begin(None, None, None)
+        seen[index] = [slices[i] for i in range(len(slices))]
+    assert seen == {0: [0, 1, 2], 1: [3, 4, 5], 2: [6, 7, 8]}
     slices.set_epoch(2)
     assert base.epoch == 2
 
@@ -332,6 +333,27 @@ def test_accuracy_resume_keeps_finished_methods_and_time_budget_skips(quick_resu
     assert "the rows come from several runs" in section and "min): nothing new" in section
     result = accuracy.main(["--quick", "--out", str(tmp_path), "--methods", "sasrec", "--time-budget-s", "0"])
     assert result["synthetic"]["methods"] == {} and "time budget" in result["synthetic"]["skipped"]["sasrec"]
+
+
+def test_accuracy_continues_an_interrupted_method_from_its_checkpoint(tmp_path):
+    work, first_out, second_out = tmp_path / "work", tmp_path / "first", tmp_path / "second"
+    # (a resumed run keeps methods already in its --out; each sitting here writes to a fresh folder)
+    run = ["--quick", "--methods", "speeder", "--work-dir", str(work)]
+    first = accuracy.main([*run, "--out", str(first_out)])["synthetic"]["methods"]["speeder"]
+    assert first["train_sittings"] == 1 and first["train_started_at_commit"]
+    # killed in the last stage after its checkpoint: no done marker, no final weights
+    last_stage = work / "synthetic" / "speeder" / "stage-3-all"
+    assert list(last_stage.glob("checkpoint-*"))
+    (last_stage / "mpo_stage_done.json").unlink()
+    shutil.rmtree(last_stage / "final")
+    trained_before = json.loads((work / "synthetic" / "speeder" / "sittings.json").read_text())["train_seconds"]
+    again = accuracy.main([*run, "--out", str(second_out), "--resume"])["synthetic"]["methods"]["speeder"]
+    assert again["train_sittings"] == 2 and again["train_seconds"] >= trained_before > 0
+    # the checkpoint held the last step's weights: the continued run evaluates exactly like the uninterrupted one
+    assert {k: again[k] for k in accuracy.METRIC_KEYS} == {k: first[k] for k in accuracy.METRIC_KEYS}
+    # other settings: the folder is not continued but trained again from the start
+    changed = accuracy.main([*run, "--out", str(tmp_path / "third"), "--resume", "--learning-rate", "1e-3"])
+    assert changed["synthetic"]["methods"]["speeder"]["train_sittings"] == 1
 
 
 def test_report_renders_from_the_json_and_rewrites_only_between_markers(quick_results, tmp_path):

@@ -193,6 +193,11 @@ class MPOCallback(TrainerCallback):
         self.model, self.stage, self.stage_index = model, stage, stage_index
         self.train_dataset, self.seed = train_dataset, seed
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Told by index, not counted: a resumed run starts directly in a later stage.
+        if hasattr(self.train_dataset, "set_stage"):
+            self.train_dataset.set_stage(self.stage_index)
+
     def on_epoch_begin(self, args, state, control, **kwargs):
         if hasattr(self.train_dataset, "set_epoch"):
             # state.epoch is fractional mid-epoch (and restored on resume); its floor is the epoch now starting.
@@ -251,7 +256,8 @@ def run_mpo(
         stages: the schedule, e.g. `default_stages(available_modalities(model))`.
         training_args: shared settings; `output_dir` is the run's root.
         train_dataset, data_collator, eval_dataset, callbacks, processing_class: passed to each stage's trainer.
-            A `train_dataset` with `set_epoch(epoch)` is told each epoch (to redraw training negatives).
+            A `train_dataset` with `set_epoch(epoch)` is told each epoch (to redraw training negatives), one with
+            `set_stage(index)` the index of each stage as it starts.
         resume_from_checkpoint: True to continue the run found in `output_dir` (the first stage without a done
             marker, from its latest checkpoint; earlier stages are reloaded from their `final/` weights), or the
             path of a checkpoint written by a stage of this run.
