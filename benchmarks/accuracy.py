@@ -45,6 +45,7 @@ from common import (  # noqa: E402
     RESULTS_DIR,
     SASREC,
     BenchData,
+    add_run,
     build_model,
     command_line,
     describe_backbone,
@@ -374,16 +375,8 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
     out_json = args.out / "accuracy.json"
     results: dict[str, Any] = json.loads(out_json.read_text()) if args.resume and out_json.is_file() else {}
     # Every invocation that contributed methods (a --resume run adds to an earlier one).
-    runs = results.setdefault("runs", [])
     machine = machine_description()
-    runs.append(
-        {
-            "command": command_line(__file__, args.argv),
-            "date": today(),
-            "git_commit_at_start": machine["git_commit_at_start"],
-            "methods": [],
-        }
-    )
+    this_run = add_run(results.setdefault("runs", []), __file__, args.argv, machine, key="methods")
     results.update(
         {
             "command": command_line(__file__, args.argv),
@@ -429,12 +422,12 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
                 continue
             logger.info("%s / %s: start (%.0f s elapsed)", name, method, elapsed)
             entry["methods"][method] = run_method(method, data, split, test, train, args)
-            runs[-1]["methods"].append(f"{name}/{method}")
+            this_run["methods"].append(f"{name}/{method}")
             entry["skipped"].pop(method, None)
             logger.info("%s / %s: %s", name, method, {k: entry["methods"][method][k] for k in METRIC_KEYS[:3]})
-            results["wall_seconds"] = runs[-1]["wall_seconds"] = round(time.perf_counter() - start, 1)
+            results["wall_seconds"] = this_run["wall_seconds"] = round(time.perf_counter() - start, 1)
             write_outputs(results, args.out)
-    results["wall_seconds"] = runs[-1]["wall_seconds"] = round(time.perf_counter() - start, 1)
+    results["wall_seconds"] = this_run["wall_seconds"] = round(time.perf_counter() - start, 1)
     write_outputs(results, args.out)
     return results
 

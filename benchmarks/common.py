@@ -498,6 +498,14 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
+def add_run(runs: list[dict[str, Any]], script: str, argv: list[str] | None, machine: dict[str, Any], key: str):
+    """Appends this invocation to a result file's `runs` (a `--resume` run adds rows to earlier ones) and returns
+    its entry; the caller lists what this run measured under `key` and sets its `wall_seconds`."""
+    commit = machine["git_commit_at_start"]
+    runs.append({"command": command_line(script, argv), "date": today(), "git_commit_at_start": commit, key: []})
+    return runs[-1]
+
+
 def today() -> str:
     return time.strftime("%Y-%m-%d")
 

@@ -51,6 +51,7 @@ from common import (  # noqa: E402
     RESULTS_DIR,
     STYLE_METHODS,
     BenchData,
+    add_run,
     build_model,
     command_line,
     describe_backbone,
@@ -378,8 +379,12 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
             "items": data.rec.num_items,
             "by_history_len": {str(n): dict(done.get(str(n), {})) for n in args.history_lens},
         }
+    machine = machine_description()
+    runs = previous.get("runs", [])
+    this_run = add_run(runs, __file__, args.argv, machine, key="configurations")
     results = {
-        "machine": machine_description(),
+        "machine": machine,
+        "runs": runs,
         "command": command_line(__file__, args.argv),
         "date": today(),
         "backbone": "tiny random Llama (quick)" if args.quick else describe_backbone(args.llm),
@@ -404,6 +409,7 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
                     "all_history_lens": args.history_lens,
                 }
                 measured[style] = run_config(config, args.in_process, scratch)
+                this_run["configurations"].append(f"{dataset}/{length}/{style}")
                 logger.info("%s", measured[style])
                 finish(results, by_dataset, start, out_json, complete=False)
     finish(results, by_dataset, start, out_json, complete=True)
@@ -428,6 +434,7 @@ def finish(results: dict[str, Any], by_dataset: dict[str, Any], start: float, ou
             "wall_seconds": round(time.perf_counter() - start, 1),
         }
     )
+    results["runs"][-1]["wall_seconds"] = results["wall_seconds"]
     write_json(out_json, results)
 
 

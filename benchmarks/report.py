@@ -44,6 +44,23 @@ def _provenance(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _wall_and_runs(result: dict[str, Any], key: str) -> list[str]:
+    """The wall time, and when a `--resume` run added rows to earlier ones, which command produced which rows
+    (listed under `key` in each of the result's `runs`)."""
+    runs = result.get("runs", [])
+    last = " (of the last run)" if len(runs) > 1 else ""
+    lines = [f"- wall time{last}: {result['wall_seconds'] / 60:.1f} min"]
+    if len(runs) > 1:
+        lines.append("- the rows come from several runs of the script:")
+        for run in runs:
+            commit = f" at commit {run['git_commit_at_start']}" if run.get("git_commit_at_start") else ""
+            wall = f", {run['wall_seconds'] / 60:.1f} min" if "wall_seconds" in run else ""
+            lines.append(
+                f"  - `{run['command']}` ({run['date']}{commit}{wall}): {', '.join(run[key]) or 'nothing new'}"
+            )
+    return lines
+
+
 def efficiency_section(result: dict[str, Any], image: str) -> list[str]:
     settings = result["settings"]
     lines = [
@@ -54,7 +71,7 @@ def efficiency_section(result: dict[str, Any], image: str) -> list[str]:
         f"{settings['warmup_steps']} warm-up + {settings['timed_steps']} timed steps, LoRA r={settings['lora']['r']}, "
         f"{settings['precision']}; inference: {settings['infer_samples']} timed samples in batches of "
         f"{settings['infer_batch_size']}; prompt tokens averaged over {settings['token_samples']} samples",
-        f"- wall time: {result['wall_seconds'] / 60:.0f} min",
+        *_wall_and_runs(result, "configurations"),
         "",
         f"![efficiency]({image})",
         "",
@@ -112,18 +129,8 @@ def efficiency_section(result: dict[str, Any], image: str) -> list[str]:
 
 def accuracy_section(result: dict[str, Any], image: str) -> list[str]:
     lines = ["### Accuracy", "", *_provenance(result)]
-    runs = result.get("runs", [])
     if "wall_seconds" in result:
-        last = " (of the last run)" if len(runs) > 1 else ""
-        lines.append(f"- wall time{last}: {result['wall_seconds'] / 60:.1f} min")
-    if len(runs) > 1:  # a --resume run adds methods to earlier ones: say which command produced which rows
-        lines.append("- the rows come from several runs of the script:")
-        for run in runs:
-            commit = f" at commit {run['git_commit_at_start']}" if run.get("git_commit_at_start") else ""
-            wall = f", {run['wall_seconds'] / 60:.1f} min" if "wall_seconds" in run else ""
-            lines.append(
-                f"  - `{run['command']}` ({run['date']}{commit}{wall}): {', '.join(run['methods']) or 'nothing new'}"
-            )
+        lines += _wall_and_runs(result, "methods")
     lines += ["", f"![accuracy]({image})", ""]
     datasets = [k for k, v in result.items() if isinstance(v, dict) and "budget" in v]
     for dataset in datasets:

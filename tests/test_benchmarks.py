@@ -318,6 +318,19 @@ def test_accuracy_quick_writes_every_field(quick_results):
     assert "| speeder |" in (out / "accuracy.md").read_text()
 
 
+def test_efficiency_resume_keeps_measured_rows_and_records_each_run(quick_results, tmp_path):
+    out, _, _ = quick_results
+    (tmp_path / "efficiency.json").write_text((out / "efficiency.json").read_text())
+    before = json.loads((tmp_path / "efficiency.json").read_text())
+    (first,) = before["runs"]
+    assert len(first["configurations"]) == 12 and "synthetic/50/mllm" in first["configurations"]
+    result = efficiency.main(["--quick", "--out", str(tmp_path), "--resume"])
+    assert result["by_dataset"] == before["by_dataset"]
+    assert result["runs"][0] == first and result["runs"][1]["configurations"] == []
+    section = "\n".join(report.efficiency_section(result, "efficiency.png"))
+    assert "the rows come from several runs" in section and "min): nothing new" in section
+
+
 def test_accuracy_resume_keeps_finished_methods_and_time_budget_skips(quick_results, tmp_path):
     out, _, _ = quick_results
     (tmp_path / "accuracy.json").write_text((out / "accuracy.json").read_text())
