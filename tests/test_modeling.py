@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from conftest import tiny_speeder, tiny_tokenizer
@@ -217,6 +219,19 @@ def test_generate_equals_manual_greedy_loop(model_and_tokenizer):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     assert generated.tolist() == torch.stack(manual, 1).tolist()
     assert not set(generated.flatten().tolist()) & set(banned)
+
+
+@pytest.mark.parametrize("pointer", [True, False])
+def test_generate_warns_that_it_ignores_the_candidate_pointer(pointer, caplog):
+    speeder, tokenizer = tiny_speeder(candidate_pointer=pointer)
+    assert (speeder.candidate_pointer is not None) == pointer
+    tokenizer.padding_side = "left"
+    enc = encode(tokenizer, ["a user <|pos_1|><item> candidates ( A ) <item> ( B ) <item> answer :"])
+    logging.Logger.warning_once.cache_clear()  # shown once per process; earlier tests may have shown it
+    with caplog.at_level(logging.WARNING):
+        items = {"item_ids": torch.tensor([1, 5, 6]), "item_recency": torch.tensor([1, 0, 0])}
+        speeder.generate(**enc, **items, max_new_tokens=1)
+    assert ("ignores the candidate pointer" in caplog.text) == pointer
 
 
 def test_generate_rejects_right_padding(model_and_tokenizer):

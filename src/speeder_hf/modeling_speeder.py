@@ -10,12 +10,15 @@ from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import logging
 
 from .candidate_pointer import CandidatePointer
 from .configuration_speeder import SpeederConfig
 from .item_features import ItemFeatureTable, check_finite
 from .mrc import MixtureOfModalityExperts
 from .spae import SequentialPositionEncoding
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -334,7 +337,16 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         item_time_gaps: torch.LongTensor | None = None,
         **generate_kwargs,
     ) -> torch.LongTensor:
-        """Generates from left-padded prompts; the splice runs once, on the prompt. Returns only the new tokens."""
+        """Generates from left-padded prompts; the splice runs once, on the prompt. Returns only the new tokens.
+
+        With the candidate pointer (index answers), generated labels come from the LM head alone: take index answers
+        from [`score_candidates`], which adds the pointer's scores.
+        """
+        if self.candidate_pointer is not None:
+            logger.warning_once(
+                "generate() picks tokens with the LM head alone and ignores the candidate pointer; take index answers "
+                "from score_candidates() (as evaluate_ranking and the pipeline do)."
+            )
         generate_kwargs.pop("token_type_ids", None)
         if attention_mask is not None and (attention_mask[:, -1] == 0).any():
             raise ValueError("generate needs left-padded prompts (tokenizer.padding_side = 'left').")
