@@ -44,6 +44,19 @@ ROWS = [
     {"user_id": "u0", "history": [0, 1, 2], "candidates": [5, 6, 7, 8, 9], "target": 7},
     {"user_id": "u1", "history": [3], "candidates": [10, 11, 12, 13, 14], "target": 10},
 ]
+# The tiny title-answer baselines' config: the id modality only, LLaRA prompts, title answers.
+TINY_TITLE_BASELINE = {
+    "modalities": ["id"],
+    "modality_dims": [8],
+    "mrc_hidden_size": 16,
+    "gate_hidden_size": 8,
+    "max_history_len": 8,
+    "num_candidates": 5,
+    "spae_absolute": False,
+    "spae_relative": False,
+    "prompt_style": "llara",
+    "answer_mode": "title",
+}
 
 
 def tiny_mllm(num_image_tokens: int = 3, image_dim: int = 6):
@@ -53,16 +66,7 @@ def tiny_mllm(num_image_tokens: int = 3, image_dim: int = 6):
         tokenizer,
         num_image_tokens=num_image_tokens,
         image_feature_dim=image_dim,
-        modalities=["id"],
-        modality_dims=[8],
-        mrc_hidden_size=16,
-        gate_hidden_size=8,
-        max_history_len=8,
-        num_candidates=5,
-        spae_absolute=False,
-        spae_relative=False,
-        prompt_style="llara",
-        answer_mode="title",
+        **TINY_TITLE_BASELINE,
     )
     generator = torch.Generator().manual_seed(0)
     model.set_item_features({"id": torch.randn(15, 8, generator=generator)}, torch.ones(15, 1, dtype=torch.bool))
@@ -140,16 +144,7 @@ def tiny_llara():
     model = LlaraForSequentialRec.from_llm(
         tiny_llm(),
         tokenizer,
-        modalities=["id"],
-        modality_dims=[8],
-        mrc_hidden_size=16,
-        gate_hidden_size=8,
-        max_history_len=8,
-        num_candidates=5,
-        spae_absolute=False,
-        spae_relative=False,
-        prompt_style="llara",
-        answer_mode="title",
+        **TINY_TITLE_BASELINE,
     )
     model.set_item_features({"id": torch.randn(15, 8)}, torch.ones(15, 1, dtype=torch.bool))
     return model, tokenizer
