@@ -4,13 +4,14 @@ catalog (MiniLM text + SASRec id) -> model -> 5 MPO training steps -> evaluation
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from speeder_hf import SpeederDataCollator, SpeederForSequentialRec, Stage, evaluate_ranking, run_mpo
-from speeder_hf.backbones import resolve_llm
+from speeder_hf.backbones import load_llm, resolve_llm
 from speeder_hf.catalog import ItemCatalog
 from speeder_hf.data import CandidateSamplingDataset, RecDataset, make_split, training_sequences
 from speeder_hf.data.named import load_dataset_by_name
@@ -78,3 +79,14 @@ def test_smollm2_trains_and_evaluates_on_beauty(tmp_path):
     )
     assert metrics["num_samples"] == 20 and metrics["ValidRatio"] == 1.0
     assert 0.0 <= metrics["VHR@1"] <= metrics["HR@5"] <= metrics["HR@10"] <= 1.0
+
+
+def test_smollm2_layer_cut_loads_the_first_layers_quietly(caplog):
+    full = AutoModelForCausalLM.from_pretrained(resolve_llm("smollm2"), dtype=torch.float32)
+    with caplog.at_level(logging.INFO):
+        _, cut = load_llm("smollm2", torch.float32, num_layers=6)
+    assert cut.config.num_hidden_layers == 6 and len(cut.model.layers) == 6
+    assert torch.equal(cut.model.layers[5].mlp.down_proj.weight, full.model.layers[5].mlp.down_proj.weight)
+    assert torch.equal(cut.lm_head.weight, full.lm_head.weight)
+    assert "kept the first 6 of 30 transformer layers" in caplog.text
+    assert "LOAD REPORT" not in caplog.text and "did not load" not in caplog.text
