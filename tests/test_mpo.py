@@ -172,6 +172,10 @@ def test_interrupted_run_resumes_in_the_same_stage_and_step(tmp_path):
     assert not (tmp_path / "run" / "stage-1-text" / "mpo_stage_done.json").exists()
 
     shutil.copytree(tmp_path / "run", tmp_path / "run-by-path")
+    # A kill during the next save leaves a checkpoint without trainer_state.json: resuming skips it.
+    partial = tmp_path / "run" / "stage-1-text" / "checkpoint-4"
+    partial.mkdir()
+    (partial / "adapter_model.safetensors").write_bytes(b"")
     recorder = Recorder()
     resumed = run(tmp_path / "run", [recorder], resume=True)
     # Only the interrupted stage trains again, from its step-2 checkpoint to its 4 steps.

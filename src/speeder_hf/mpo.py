@@ -24,7 +24,8 @@ import torch
 from peft import PeftModel
 from peft.utils import load_peft_weights, set_peft_model_state_dict
 from transformers import TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint, load_sharded_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import load_sharded_checkpoint
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .lora import apply_lora
@@ -393,14 +394,28 @@ def _resume_point(
         return len(stages), None
     index = pending[0]
     stage_dir = root / f"stage-{index}-{stages[index].name}"
-    last = get_last_checkpoint(str(stage_dir)) if stage_dir.is_dir() else None
+    last = _last_complete_checkpoint(stage_dir)
     if last is None and not done:
         raise ValueError(f"resume_from_checkpoint=True but {root} holds no finished MPO stage and no checkpoint.")
-    if last is not None and (Path(last) / STATE_FILE).is_file():
-        state = json.loads((Path(last) / STATE_FILE).read_text())
+    if last is not None and (last / STATE_FILE).is_file():
+        state = json.loads((last / STATE_FILE).read_text())
         if state["stage_index"] != index or state["stage_name"] != stages[index].name:
             raise ValueError(f"{last} records stage {state['stage_index']} {state['stage_name']!r}, expected {index}.")
-    return index, Path(last) if last is not None else None
+    return index, last
+
+
+def _last_complete_checkpoint(stage_dir: Path) -> Path | None:
+    """The latest checkpoint in `stage_dir` whose save finished. The Trainer writes `trainer_state.json` after the
+    weights and optimizer and before it deletes older checkpoints, so a save cut short by a kill lacks it and the
+    previous checkpoint is still there."""
+    if not stage_dir.is_dir():
+        return None
+    found = {int(m.group(1)): p for p in stage_dir.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
+    for step in sorted(found, reverse=True):
+        if (found[step] / TRAINER_STATE_NAME).is_file():
+            return found[step]
+        logger.warning("MPO: %s is incomplete (its save was interrupted); trying an earlier checkpoint.", found[step])
+    return None
 
 
 def _load_final(model, folder: Path) -> None:
