@@ -64,7 +64,7 @@ from speeder_hf.data import CandidateSamplingDataset, make_split  # noqa: E402
 from speeder_hf.evaluation import evaluate_ranking  # noqa: E402
 from speeder_hf.lora import merge_lora  # noqa: E402
 from speeder_hf.metrics import bucket_indices  # noqa: E402
-from speeder_hf.mpo import DONE_FILE  # noqa: E402
+from speeder_hf.mpo import has_progress  # noqa: E402
 from speeder_hf.sasrec import evaluate_sasrec  # noqa: E402
 
 logger = logging.getLogger("benchmarks.accuracy")
@@ -222,8 +222,7 @@ def start_sitting(work: Path, settings: dict[str, Any], resume: bool) -> dict[st
     checkpoint (with `resume`), else a fresh run (the folder is emptied). Returns the updated `sittings.json`."""
     record_file = work / SITTINGS_FILE
     record = json.loads(record_file.read_text()) if record_file.is_file() else None
-    progress = any(work.glob("stage-*/checkpoint-*")) or any(work.glob(f"stage-*/{DONE_FILE}"))
-    if resume and record is not None and record["settings"] == settings and progress:
+    if resume and record is not None and record["settings"] == settings and has_progress(work):
         record["sittings"] += 1
         logger.info(
             "%s: continuing sitting %d (%.0f s trained so far)", work, record["sittings"], record["train_seconds"]

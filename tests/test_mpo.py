@@ -14,7 +14,15 @@ from peft import PeftModel
 from test_trainer import ToyCollator, ToyRows, toy_args
 from transformers import TrainerCallback, TrainerState
 
-from speeder_hf.mpo import MPOCallback, Stage, available_modalities, default_stages, parameter_group, run_mpo
+from speeder_hf.mpo import (
+    MPOCallback,
+    Stage,
+    available_modalities,
+    default_stages,
+    has_progress,
+    parameter_group,
+    run_mpo,
+)
 
 
 class Recorder(TrainerCallback):
@@ -170,6 +178,7 @@ def test_interrupted_run_resumes_in_the_same_stage_and_step(tmp_path):
     state = json.loads((tmp_path / "run" / "stage-1-text" / "checkpoint-2" / "mpo_state.json").read_text())
     assert (state["stage_index"], state["stage_name"], state["global_step"]) == (1, "text", 2)
     assert not (tmp_path / "run" / "stage-1-text" / "mpo_stage_done.json").exists()
+    assert has_progress(tmp_path / "run")
 
     shutil.copytree(tmp_path / "run", tmp_path / "run-by-path")
     # A kill during the next save leaves a checkpoint without trainer_state.json: resuming skips it.
@@ -209,6 +218,9 @@ def test_schedules_that_cannot_run_fail_before_training(tmp_path):
 
 def test_resume_without_progress_raises(tmp_path):
     model, tokenizer = tiny_speeder()
+    # A checkpoint whose save was cut short is no progress: has_progress agrees with run_mpo.
+    (tmp_path / "stage-0-align" / "checkpoint-1").mkdir(parents=True)
+    assert not has_progress(tmp_path)
     with pytest.raises(ValueError, match="no finished MPO stage and no checkpoint"):
         run_mpo(
             model,

@@ -404,6 +404,13 @@ def _resume_point(
     return index, last
 
 
+def has_progress(output_dir: str | Path) -> bool:
+    """Whether `output_dir` holds a run that `run_mpo(..., resume_from_checkpoint=True)` can continue: a finished
+    stage or a checkpoint whose save completed."""
+    stage_dirs = [d for d in Path(output_dir).glob("stage-*") if d.is_dir()]
+    return any((d / DONE_FILE).is_file() or _last_complete_checkpoint(d) is not None for d in stage_dirs)
+
+
 def _last_complete_checkpoint(stage_dir: Path) -> Path | None:
     """The latest checkpoint in `stage_dir` whose save finished. The Trainer writes `trainer_state.json` after the
     weights and optimizer and before it deletes older checkpoints, so a save cut short by a kill lacks it and the
@@ -457,6 +464,7 @@ __all__ = [
     "Stage",
     "available_modalities",
     "default_stages",
+    "has_progress",
     "parameter_group",
     "run_mpo",
     "set_trainable",
