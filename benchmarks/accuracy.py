@@ -178,7 +178,7 @@ def evaluate_llm(spec, model, tokenizer, data: BenchData, test, args: argparse.N
         answer_mode=spec.answer_mode,
         prompt_style=spec.prompt_style,
         max_new_tokens=args.max_new_tokens,
-        show_progress=False,
+        show_progress=not args.quick,  # generation for 1,000 users runs for a while
     )
     return {
         **normalise(metrics),
