@@ -179,9 +179,11 @@ def evaluate_llm(spec, model, tokenizer, data: BenchData, test, args: argparse.N
         prompt_style=spec.prompt_style,
         max_new_tokens=args.max_new_tokens,
         show_progress=not args.quick,  # generation for 1,000 users runs for a while
+        num_examples=5,
     )
     return {
         **normalise(metrics),
+        **({"examples": metrics["examples"]} if "examples" in metrics else {}),
         "protocol": metrics["protocol"],
         "by_history_len": {bucket: normalise(values) for bucket, values in metrics["by_history_len"].items()},
     }

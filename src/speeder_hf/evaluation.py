@@ -29,6 +29,7 @@ def evaluate_ranking(
     max_new_tokens: int = 64,
     ks: Iterable[int] = (1, 5, 10),
     show_progress: bool = True,
+    num_examples: int = 0,
 ) -> dict[str, Any]:
     """Evaluates next-item prediction over each row's candidates, batched.
 
@@ -48,6 +49,8 @@ def evaluate_ranking(
         answer_mode, prompt_style, hybrid: override the model config's prompt settings.
         max_length: token budget per prompt (oldest history items are dropped to fit).
         ks: cut-offs of `HR@K` / `NDCG@K`.
+        num_examples: in title mode, how many of the first rows' generated answers to return (to see why answers
+            are invalid).
 
     Returns:
         `VHR@1`, `ValidRatio`, `HR@1` (LLaRA: correct / valid), in index mode also `HR@K`, `NDCG@K`, `MRR`
@@ -74,7 +77,7 @@ def evaluate_ranking(
     ks = tuple(ks)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
 
-    valid, correct, ranks, history_lens, num_candidates = [], [], [], [], set()
+    valid, correct, ranks, history_lens, num_candidates, examples = [], [], [], [], set(), []
     was_training = model.training
     model.eval()
     try:
@@ -106,6 +109,17 @@ def evaluate_ranking(
                     ]
                     valid.append(np.array([pick is not None for pick in picks], dtype=bool))
                     correct.append(np.array([pick == t for pick, t in zip(picks, target_index.tolist())], dtype=bool))
+                    for text, pick, row, target in zip(texts, picks, candidates, target_index.tolist()):
+                        if len(examples) < num_examples:
+                            title = item_titles[row[target].item()]
+                            examples.append(
+                                {
+                                    "generated": text,
+                                    "target_title": title,
+                                    "valid": pick is not None,
+                                    "correct": pick == target,
+                                }
+                            )
                 history_lens.append(meta["history_len"].numpy())
     finally:
         model.train(was_training)
@@ -128,7 +142,7 @@ def evaluate_ranking(
 
     (size,) = num_candidates
     how = "label scores, one forward pass" if answer_mode == "index" else "greedy title generation, LLaRA parser"
-    return {
+    result = {
         **summarise(slice(None)),
         "num_samples": int(len(valid)),
         "protocol": f"{size} candidates (target + {size - 1} sampled negatives), {how}",
@@ -139,6 +153,9 @@ def evaluate_ranking(
             for bucket, index in bucket_indices(history_lens).items()
         },
     }
+    if examples:
+        result["examples"] = examples
+    return result
 
 
 __all__ = ["evaluate_ranking"]
