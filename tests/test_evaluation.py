@@ -141,8 +141,17 @@ def test_title_mode_parses_replies_like_llara(model_and_tokenizer):
     by_len = result["by_history_len"]  # rows 0, 1, 4 have 1-5 items (the two valid+correct and the wrong one)
     assert by_len["1-5"] == pytest.approx({"VHR@1": 2 / 3, "ValidRatio": 1.0, "HR@1": 2 / 3, "num_samples": 3})
     assert by_len["6-10"] == by_len["11-20"] == {"VHR@1": 0.0, "ValidRatio": 0.0, "HR@1": 0.0, "num_samples": 1}
-    assert "HR@5" not in result and "MRR" not in result
+    assert "HR@5" not in result and "MRR" not in result and "examples" not in result
     assert len(scripted.calls) == 3
+
+    # The first answers come back as written, across batches, with their target and verdict.
+    scripted = ScriptedGenerator(model.config, tokenizer, replies)
+    result = evaluate_ranking(scripted, tokenizer, rows, TITLES, batch_size=2, answer_mode="title", num_examples=3)
+    assert result["examples"] == [
+        {"generated": replies[0], "target_title": TITLES[rows[0]["target"]], "valid": True, "correct": True},
+        {"generated": replies[1], "target_title": TITLES[rows[1]["target"]], "valid": True, "correct": False},
+        {"generated": replies[2], "target_title": TITLES[rows[2]["target"]], "valid": False, "correct": False},
+    ]
     for call in scripted.calls:
         assert call["left_padded"] and call["do_sample"] is False and call["num_beams"] == 1
         assert call["max_new_tokens"] == 64 and set(call) >= {"item_ids", "item_recency"}
