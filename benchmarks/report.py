@@ -154,7 +154,7 @@ def accuracy_section(result: dict[str, Any], image: str) -> list[str]:
             )
         for name, reason in entry.get("skipped", {}).items():
             lines.append(f"| {name} | skipped: {reason} |" + " |" * len(METRICS))
-        lines += ["", *accuracy_targets(methods, data["test_users"]), ""]
+        lines += ["", *accuracy_targets(methods, data["test_users"]), *answer_examples(methods), ""]
     lines.append(
         "Title-answer methods (llara, text, mllm) generate one answer (LLaRA's parser), so they have no ranking "
         "metrics (–). SASRec ranks all candidates: its VHR@1 is its HR@1."
@@ -176,6 +176,21 @@ def accuracy_targets(methods: dict[str, dict], num_users: int) -> list[str]:
         if ablation in methods:
             value = methods[ablation]["VHR@1"]
             lines.append(f"- {ablation}: VHR@1 {value:.4f}, {ablation_verdict(full, value, num_users)}")
+    return lines
+
+
+def answer_examples(methods: dict[str, dict], shown: int = 3, width: int = 60) -> list[str]:
+    """What each title-answer method generated for the first test users, so a low ValidRatio can be read."""
+
+    def quote(text: str) -> str:
+        text = " ".join(text.split()).replace("`", "'")
+        return f"`{text[:width]}{'...' if len(text) > width else ''}`"
+
+    lines = []
+    for name, metrics in methods.items():
+        if metrics.get("examples"):
+            answers = [f"{quote(e['generated'])} (target {quote(e['target_title'])})" for e in metrics["examples"]]
+            lines.append(f"- {name}'s first answers: " + "; ".join(answers[:shown]))
     return lines
 
 

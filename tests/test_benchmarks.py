@@ -421,3 +421,12 @@ def test_ablation_verdict_weighs_the_gap_against_the_noise_of_the_test_users():
     assert "not below" in report.ablation_verdict(0.138, 0.144, 1000)
     # the same gap is real with enough users
     assert "more than 2 standard errors" in report.ablation_verdict(0.138, 0.129, 100_000)
+
+
+def test_answer_examples_quote_what_title_methods_wrote():
+    methods = {
+        "speeder": {"VHR@1": 0.1},
+        "llara": {"examples": [{"generated": " 1000`0\n" + "0" * 80, "target_title": "Pomade"}] * 4},
+    }
+    (line,) = report.answer_examples(methods, shown=2, width=10)
+    assert line == "- llara's first answers: `1000'0 000...` (target `Pomade`); `1000'0 000...` (target `Pomade`)"
