@@ -430,3 +430,10 @@ def test_answer_examples_quote_what_title_methods_wrote():
     }
     (line,) = report.answer_examples(methods, shown=2, width=10)
     assert line == "- llara's first answers: `1000'0 000...` (target `Pomade`); `1000'0 000...` (target `Pomade`)"
+
+
+def test_target_line_flags_a_baseline_that_seldom_names_a_candidate():
+    methods = {"speeder": {"VHR@1": 0.138}, "llara": {"VHR@1": 0.0, "ValidRatio": 0.0}, "sasrec": {"VHR@1": 0.384}}
+    lines = report.accuracy_targets(methods, 1000)
+    assert lines[0] == "- speeder VHR@1 0.1380 >= llara VHR@1 0.0000: met (its ValidRatio is only 0.0000)"
+    assert lines[1].startswith("- speeder VHR@1 0.1380 >= SASRec HR@1 0.3840:") and "ValidRatio" not in lines[1]
