@@ -47,7 +47,6 @@ from common import (  # noqa: E402
     BenchData,
     add_run,
     build_model,
-    command_line,
     describe_backbone,
     load_bench_data,
     machine_description,
@@ -380,7 +379,7 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
     this_run = add_run(results.setdefault("runs", []), __file__, args.argv, machine, key="methods")
     results.update(
         {
-            "command": command_line(__file__, args.argv),
+            "command": this_run["command"],
             "machine": machine,
             "date": today(),
             "backbone": "tiny random Llama (quick)" if args.quick else describe_backbone(args.llm, args.llm_layers),

@@ -53,7 +53,6 @@ from common import (  # noqa: E402
     BenchData,
     add_run,
     build_model,
-    command_line,
     describe_backbone,
     load_bench_data,
     machine_description,
@@ -385,7 +384,7 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     results = {
         "machine": machine,
         "runs": runs,
-        "command": command_line(__file__, args.argv),
+        "command": this_run["command"],
         "date": today(),
         "backbone": "tiny random Llama (quick)" if args.quick else describe_backbone(args.llm),
         "headline_dataset": args.datasets[0],

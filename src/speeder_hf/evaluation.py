@@ -3,6 +3,7 @@ split (rows `{user_id, history, target, candidates}` with fixed candidates)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -109,17 +110,17 @@ def evaluate_ranking(
                     ]
                     valid.append(np.array([pick is not None for pick in picks], dtype=bool))
                     correct.append(np.array([pick == t for pick, t in zip(picks, target_index.tolist())], dtype=bool))
-                    for text, pick, row, target in zip(texts, picks, candidates, target_index.tolist()):
-                        if len(examples) < num_examples:
-                            title = item_titles[row[target].item()]
-                            examples.append(
-                                {
-                                    "generated": text,
-                                    "target_title": title,
-                                    "valid": pick is not None,
-                                    "correct": pick == target,
-                                }
-                            )
+                    room = max(num_examples - len(examples), 0)
+                    answers = zip(texts, candidates, target_index.tolist(), valid[-1], correct[-1])
+                    examples += [
+                        {
+                            "generated": text,
+                            "target_title": item_titles[row[t].item()],
+                            "valid": bool(ok),
+                            "correct": bool(hit),
+                        }
+                        for text, row, t, ok, hit in itertools.islice(answers, room)
+                    ]
                 history_lens.append(meta["history_len"].numpy())
     finally:
         model.train(was_training)
