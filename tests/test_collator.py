@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import tiny_speeder, tiny_tokenizer
 
-from speeder_hf.collator import IGNORE_INDEX, SpeederDataCollator
+from speeder_hf.collator import IGNORE_INDEX, SpeederDataCollator, _check_placeholders
 
 NOUNS = "lipstick mascara shampoo soap cream brush nail gel oil mask".split()
 COLORS = "red blue green".split()
@@ -155,3 +155,10 @@ def test_bad_input_raises(model_and_tokenizer):
         collate(model_and_tokenizer, [{"history": [], "candidates": [1, 2], "target": 1}])
     with pytest.raises(ValueError, match="same number of candidates"):
         collate(model_and_tokenizer, [ROWS[0], {**ROWS[1], "candidates": [20, 24]}], mode="eval")
+
+
+def test_placeholder_count_mismatch_names_token_and_count():
+    # The builder strips reserved tokens from titles, so only a tokenizer that splits or merges them gets here.
+    with pytest.raises(ValueError, match=r"3 <item> placeholders, expected 4 \(2 items x 2\)"):
+        _check_placeholders([5, 9, 9, 9], "<item>", 9, n_items=2, per_item=2)
+    _check_placeholders([9, 5, 9], "<item>", 9, n_items=1, per_item=2)

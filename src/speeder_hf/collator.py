@@ -18,6 +18,17 @@ IGNORE_INDEX = -100
 MODES = ("train", "eval")
 
 
+def _check_placeholders(prompt_ids: list[int], token: str, token_id: int, n_items: int, per_item: int) -> None:
+    """Raises if the tokenizer split or merged a placeholder: the model fills exactly `n_items * per_item` slots."""
+    expected = n_items * per_item
+    found = prompt_ids.count(token_id)
+    if found != expected:
+        raise ValueError(
+            f"The prompt tokenized into {found} {token} placeholders, expected {expected} ({n_items} items x "
+            f"{per_item}); is {token!r} a special token of this tokenizer?"
+        )
+
+
 @dataclass
 class EncodedRow:
     """One tokenized row before padding: ids, labels (-100 off the answer) and the rendered prompt it came from."""
@@ -106,23 +117,14 @@ class SpeederDataCollator:
     # ----- one row -----------------------------------------------------------------------------------------
     def _tokenize(self, rendered: RenderedPrompt) -> EncodedRow:
         prompt_ids = self.tokenizer(rendered.prompt, add_special_tokens=True)["input_ids"]
-        expected = len(rendered.slot_items) * self.config.num_item_tokens
-        found = prompt_ids.count(self.config.item_token_id)
-        if found != expected:
-            raise ValueError(
-                f"The prompt tokenized into {found} {self.config.item_token} placeholders, expected {expected} "
-                f"({len(rendered.slot_items)} items x {self.config.num_item_tokens}); is {self.config.item_token!r} "
-                "a special token of this tokenizer?"
-            )
+        n_items = len(rendered.slot_items)
+        _check_placeholders(
+            prompt_ids, self.config.item_token, self.config.item_token_id, n_items, self.config.num_item_tokens
+        )
         if self.builder.prompt_style == "mllm":
-            expected = len(rendered.slot_items) * self.config.num_image_tokens
-            found = prompt_ids.count(self.config.image_token_id)
-            if found != expected:
-                raise ValueError(
-                    f"The prompt tokenized into {found} {self.config.image_token} placeholders, expected {expected} "
-                    f"({len(rendered.slot_items)} items x {self.config.num_image_tokens}); is "
-                    f"{self.config.image_token!r} a special token of this tokenizer?"
-                )
+            _check_placeholders(
+                prompt_ids, self.config.image_token, self.config.image_token_id, n_items, self.config.num_image_tokens
+            )
         if self.mode == "eval":
             return EncodedRow(prompt_ids, [IGNORE_INDEX] * len(prompt_ids), rendered)
         # Prompt and answer are tokenized apart so the labels cover exactly the answer tokens.
