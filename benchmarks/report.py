@@ -21,6 +21,9 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 STYLE_ORDER = ("speeder", "llara", "text", "mllm")
 METRICS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
 ABLATIONS = ("speeder_no_gate", "speeder_no_spae", "speeder_no_mpo", "speeder_text_only")
+# Table rows in this order whatever order the `--resume` runs added them in.
+METHOD_ORDER = ("sasrec", "speeder", "speeder_no_mpo", "speeder_no_spae", "speeder_no_gate", "speeder_text_only")
+METHOD_ORDER += ("llara", "text", "mllm")
 # SPEC §7: speeder / llara prompt tokens at most, training and inference throughput ratios at least.
 TOKEN_TARGET, TRAIN_TARGET, INFER_TARGET = 0.25, 3.0, 5.0
 
@@ -146,7 +149,8 @@ def accuracy_section(result: dict[str, Any], image: str) -> list[str]:
             "| method | " + " | ".join(METRICS) + " | train s |",
             "|---|" + "---:|" * (len(METRICS) + 1),
         ]
-        methods = entry["methods"]
+        known = [m for m in METHOD_ORDER if m in entry["methods"]]
+        methods = {m: entry["methods"][m] for m in known + [m for m in entry["methods"] if m not in known]}
         for name, metrics in methods.items():
             seconds = metrics.get("train_seconds")
             lines.append(

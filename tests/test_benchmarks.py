@@ -382,6 +382,17 @@ def test_report_renders_from_the_json_and_rewrites_only_between_markers(quick_re
         report.main(["--results-dir", str(out), "--readme", str(readme)])
 
 
+def test_accuracy_table_lists_methods_in_a_fixed_order_whatever_order_runs_added_them(quick_results):
+    out, _, _ = quick_results
+    result = json.loads((out / "accuracy.json").read_text())
+    methods = result["synthetic"]["methods"]
+    result["synthetic"]["methods"] = {name: methods[name] for name in reversed(methods)}  # as --resume runs might
+    section = "\n".join(report.accuracy_section(result, "accuracy.png"))
+    rows = [line.split(" | ")[0].lstrip("| ") for line in section.splitlines() if line.startswith("| ")]
+    table = [name for name in rows if name in methods]
+    assert table == [name for name in report.METHOD_ORDER if name in methods] and len(table) == len(methods)
+
+
 def test_prepared_data_round_trip(tmp_path):
     data = common.synthetic_data()
     size = common.save_bench_data(tmp_path / "synthetic", data)
