@@ -52,6 +52,7 @@ from common import (  # noqa: E402
     machine_description,
     micro_batch_for,
     setup_logging,
+    stage_lengths,
     synthetic_data,
     today,
     train_method,
@@ -99,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--train-samples", type=int, default=4000, help="training samples per method (each once)")
     parser.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step")
+    parser.add_argument(
+        "--final-stage-share",
+        type=float,
+        default=None,
+        help="share of the training samples for MPO's last stage (all modalities); default: equal per stage",
+    )
     parser.add_argument("--max-micro-tokens", type=int, default=32768, help="tokens per micro batch (memory)")
     parser.add_argument("--learning-rate", type=float, default=5e-4, help="peak LR of the LoRA stages")
     parser.add_argument("--align-learning-rate", type=float, default=2e-3, help="peak LR of MPO's align stage")
@@ -213,6 +220,8 @@ def training_settings(name: str, data: BenchData, args: argparse.Namespace) -> d
     keys = ("llm", "llm_layers", "train_samples", "batch_size", "max_micro_tokens", "learning_rate",
             "align_learning_rate", "lora_r", "lora_alpha", "num_candidates", "max_history_len", "seed")  # fmt: skip
     settings = {"method": name, "dataset": data.name, **{key: getattr(args, key) for key in keys}}
+    if args.final_stage_share is not None:  # absent otherwise, so runs begun before the option still continue
+        settings["final_stage_share"] = args.final_stage_share
     if args.quick:  # the seeded tiny backbone, rewritten into a new temporary folder by every run
         settings["llm"] = "tiny random Llama (quick)"
     return settings
@@ -295,10 +304,11 @@ def run_method(name: str, data: BenchData, split, test, train, args: argparse.Na
         save_steps=args.save_steps or None,
         resume=sitting["sittings"] > 1,
         callbacks=[clock],
+        final_stage_share=args.final_stage_share,
     )
     trained = time.perf_counter()
     train_seconds = clock.seconds()
-    samples_seen = (len(train) // len(stages)) * len(stages)
+    per_stage = stage_lengths(len(train), len(stages), args.final_stage_share)
     result = evaluate_llm(spec, model, tokenizer, data, test, args)
     del model
     gc.collect()
@@ -308,12 +318,13 @@ def run_method(name: str, data: BenchData, split, test, train, args: argparse.Na
         **result,
         "description": spec.description,
         "stages": [{"name": s.name, "modalities": s.modalities, "train": s.train} for s in stages],
-        "train_samples_seen": samples_seen,
+        "train_samples_per_stage": per_stage,
+        "train_samples_seen": sum(per_stage),
         "micro_batch_size": micro,
         "longest_train_prompt_tokens": longest,
         "setup_seconds": round(train_start - start, 1),
         "train_seconds": round(train_seconds, 1),
-        "train_samples_per_s": round(samples_seen / train_seconds, 2),
+        "train_samples_per_s": round(sum(per_stage) / train_seconds, 2),
         # more than one: interrupted and continued from a checkpoint (train_seconds adds the sittings up)
         "train_sittings": sitting["sittings"],
         "train_started_at_commit": sitting["commit"],

@@ -274,24 +274,39 @@ def make_stages(spec: MethodSpec, modalities: Sequence[str], learning_rate: floa
     ]
 
 
+def stage_lengths(total: int, num_stages: int, final_share: float | None = None) -> list[int]:
+    """How many of `total` training samples each of `num_stages` stages gets: equal slices, or `final_share` of them
+    for the last stage (where every modality is on) and equal slices of the rest for the others."""
+    if final_share is None or num_stages == 1:
+        lengths = [total // num_stages] * num_stages
+    else:
+        if not 0 < final_share < 1:
+            raise ValueError(f"final_stage_share must lie strictly between 0 and 1, not {final_share}.")
+        final = round(total * final_share)
+        lengths = [(total - final) // (num_stages - 1)] * (num_stages - 1) + [final]
+    if min(lengths) == 0:
+        raise ValueError(f"{total} training samples cannot be split over {num_stages} stages as {lengths}.")
+    return lengths
+
+
 class StageSlices(torch.utils.data.Dataset):
-    """The training samples split into one disjoint, equal slice per MPO stage, so a method with S stages sees each
-    sample once in all (the budget of a one-stage method), not the same first samples S times. `run_mpo` calls
-    `set_stage` as each stage starts (also when a resumed run starts in a later stage). Indices reach `base`
+    """The training samples split into one disjoint slice per MPO stage (`stage_lengths`), so a method with S stages
+    sees each sample once in all (the budget of a one-stage method), not the same first samples S times. `run_mpo`
+    calls `set_stage` as each stage starts (also when a resumed run starts in a later stage). Indices reach `base`
     unchanged, so per-sample training candidates (`CandidateSamplingDataset`: seeded by epoch and index) are the
     same for every method."""
 
-    def __init__(self, base, num_stages: int):
-        self.base, self.num_stages, self.stage = base, num_stages, 0
-        self.slice_len = len(base) // num_stages
-        if self.slice_len == 0:
-            raise ValueError(f"{len(base)} training samples cannot be split over {num_stages} stages.")
+    def __init__(self, base, lengths: Sequence[int]):
+        self.base, self.lengths, self.stage = base, list(lengths), 0
+        if sum(self.lengths) > len(base):
+            raise ValueError(f"stage slices of {self.lengths} samples need more than the {len(base)} given.")
+        self.offsets = [sum(self.lengths[:i]) for i in range(len(self.lengths))]
 
     def __len__(self) -> int:
-        return self.slice_len
+        return self.lengths[self.stage]
 
     def __getitem__(self, index: int):
-        return self.base[self.stage * self.slice_len + int(index)]
+        return self.base[self.offsets[self.stage] + int(index)]
 
     def set_stage(self, index: int) -> None:
         self.stage = index
@@ -319,6 +334,7 @@ def train_method(
     save_steps: int | None = None,
     resume: bool = False,
     callbacks: list | None = None,
+    final_stage_share: float | None = None,
 ):
     """Trains `model` with `run_mpo` (MPO stages, or a single LoRA stage) on `train_rows`; returns the trained
     model (a `PeftModel`) and the stages run.
@@ -327,6 +343,7 @@ def train_method(
         save_steps: checkpoint every this many optimizer steps (the last one kept per stage); None: no checkpoints.
         resume: continue the run in `output_dir` (see `run_mpo`'s `resume_from_checkpoint=True`).
         callbacks: more `TrainerCallback`s for every stage.
+        final_stage_share: the last stage's share of the samples (None: equal slices; see `stage_lengths`).
     """
     from transformers import TrainingArguments
 
@@ -334,7 +351,8 @@ def train_method(
     from speeder_hf.mpo import run_mpo
 
     stages = make_stages(spec, model.config.modalities, learning_rate, align_learning_rate)
-    dataset = StageSlices(CandidateSamplingDataset(train_rows, data.rec, num_candidates, seed=seed), len(stages))
+    lengths = stage_lengths(len(train_rows), len(stages), final_stage_share)
+    dataset = StageSlices(CandidateSamplingDataset(train_rows, data.rec, num_candidates, seed=seed), lengths)
     callbacks = list(callbacks or [])
     if spec.prompt_style == "llara":
         callbacks.append(LlaraCurriculumCallback(model, seed=seed))

@@ -211,14 +211,27 @@ def test_stage_slices_give_each_stage_its_own_samples():
         def set_epoch(self, epoch):
             base.epoch = epoch
 
-    slices = common.StageSlices(Base(), 3)
-    seen = {}
-    for index in (2, 0, 1):  # by index: a resumed run may start in stage 2
-        MPOCallback(None, Stage("s", ["text"]), index, slices).on_train_begin(None, None, None)
-        seen[index] = [slices[i] for i in range(len(slices))]
+    def slices_seen(lengths):
+        slices, seen = common.StageSlices(Base(), lengths), {}
+        for index in reversed(range(len(lengths))):  # by index: a resumed run may start in a later stage
+            MPOCallback(None, Stage("s", ["text"]), index, slices).on_train_begin(None, None, None)
+            seen[index] = [slices[i] for i in range(len(slices))]
+        return slices, seen
+
+    slices, seen = slices_seen(common.stage_lengths(10, 3))
     assert seen == {0: [0, 1, 2], 1: [3, 4, 5], 2: [6, 7, 8]}
     slices.set_epoch(2)
     assert base.epoch == 2
+    # most of the budget to the last stage (every modality on): the others share what is left equally
+    assert slices_seen(common.stage_lengths(10, 3, final_share=0.6))[1] == {0: [0, 1], 1: [2, 3], 2: [4, 5, 6, 7, 8, 9]}
+    assert common.stage_lengths(2400, 4, final_share=0.75) == [200, 200, 200, 1800]
+    assert common.stage_lengths(2400, 1, final_share=0.75) == [2400]  # one stage takes everything
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        common.stage_lengths(10, 3, final_share=1.0)
+    with pytest.raises(ValueError, match="cannot be split over 3 stages"):
+        common.stage_lengths(10, 3, final_share=0.9)
+    with pytest.raises(ValueError, match="need more than the 10 given"):
+        common.StageSlices(Base(), [6, 6])
 
 
 def test_method_stages():
@@ -360,8 +373,10 @@ def test_accuracy_continues_an_interrupted_method_from_its_checkpoint(tmp_path):
     # the checkpoint held the last step's weights: the continued run evaluates exactly like the uninterrupted one
     assert {k: again[k] for k in accuracy.METRIC_KEYS} == {k: first[k] for k in accuracy.METRIC_KEYS}
     # other settings: the folder is not continued but trained again from the start
-    changed = accuracy.main([*run, "--out", str(tmp_path / "third"), "--resume", "--learning-rate", "1e-3"])
-    assert changed["synthetic"]["methods"]["speeder"]["train_sittings"] == 1
+    changed = accuracy.main([*run, "--out", str(tmp_path / "third"), "--resume", "--final-stage-share", "0.5"])
+    speeder = changed["synthetic"]["methods"]["speeder"]
+    assert speeder["train_sittings"] == 1 and first["train_samples_per_stage"] == [6, 6, 6, 6]
+    assert speeder["train_samples_per_stage"] == [4, 4, 4, 12] and speeder["train_samples_seen"] == 24
 
 
 def test_report_renders_from_the_json_and_rewrites_only_between_markers(quick_results, tmp_path):
