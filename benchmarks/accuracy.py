@@ -52,7 +52,6 @@ from common import (  # noqa: E402
     machine_description,
     micro_batch_for,
     setup_logging,
-    stage_lengths,
     synthetic_data,
     today,
     train_method,
@@ -285,7 +284,7 @@ def run_method(name: str, data: BenchData, split, test, train, args: argparse.Na
     sitting = start_sitting(work, training_settings(name, data, args), resume=args.resume)
     clock = TrainClock(work / SITTINGS_FILE, sitting["train_seconds"])
     train_start = time.perf_counter()
-    model, stages = train_method(
+    model, stages, per_stage = train_method(
         spec,
         model,
         tokenizer,
@@ -308,7 +307,6 @@ def run_method(name: str, data: BenchData, split, test, train, args: argparse.Na
     )
     trained = time.perf_counter()
     train_seconds = clock.seconds()
-    per_stage = stage_lengths(len(train), len(stages), args.final_stage_share)
     result = evaluate_llm(spec, model, tokenizer, data, test, args)
     del model
     gc.collect()

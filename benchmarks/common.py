@@ -337,7 +337,7 @@ def train_method(
     final_stage_share: float | None = None,
 ):
     """Trains `model` with `run_mpo` (MPO stages, or a single LoRA stage) on `train_rows`; returns the trained
-    model (a `PeftModel`) and the stages run.
+    model (a `PeftModel`), the stages run and how many training samples each stage saw.
 
     Args:
         save_steps: checkpoint every this many optimizer steps (the last one kept per stage); None: no checkpoints.
@@ -385,7 +385,7 @@ def train_method(
         processing_class=tokenizer,
         resume_from_checkpoint=resume,
     )
-    return model, stages
+    return model, stages, lengths
 
 
 def micro_batch_for(
