@@ -277,11 +277,11 @@ def make_stages(spec: MethodSpec, modalities: Sequence[str], learning_rate: floa
 def stage_lengths(total: int, num_stages: int, final_share: float | None = None) -> list[int]:
     """How many of `total` training samples each of `num_stages` stages gets: equal slices, or `final_share` of them
     for the last stage (where every modality is on) and equal slices of the rest for the others."""
+    if final_share is not None and not 0 < final_share < 1:  # checked for one-stage methods too: no silent ignore
+        raise ValueError(f"final_stage_share must lie strictly between 0 and 1, not {final_share}.")
     if final_share is None or num_stages == 1:
         lengths = [total // num_stages] * num_stages
     else:
-        if not 0 < final_share < 1:
-            raise ValueError(f"final_stage_share must lie strictly between 0 and 1, not {final_share}.")
         final = round(total * final_share)
         lengths = [(total - final) // (num_stages - 1)] * (num_stages - 1) + [final]
     if min(lengths) == 0:

@@ -228,6 +228,8 @@ def test_stage_slices_give_each_stage_its_own_samples():
     assert common.stage_lengths(2400, 1, final_share=0.75) == [2400]  # one stage takes everything
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         common.stage_lengths(10, 3, final_share=1.0)
+    with pytest.raises(ValueError, match="strictly between 0 and 1, not 1.5"):  # a one-stage method too
+        common.stage_lengths(2400, 1, final_share=1.5)
     with pytest.raises(ValueError, match="cannot be split over 3 stages"):
         common.stage_lengths(10, 3, final_share=0.9)
     with pytest.raises(ValueError, match="need more than the 10 given"):
