@@ -110,7 +110,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--align-learning-rate", type=float, default=2e-3, help="peak LR of MPO's align stage")
     parser.add_argument("--lora-r", type=int, default=8)
     parser.add_argument("--lora-alpha", type=int, default=16)
-    parser.add_argument("--max-test-users", type=int, default=1000, help="seeded subset when a test split is larger")
+    parser.add_argument(
+        "--max-test-users", type=int, default=1000, help="seeded subset when the evaluated split is larger"
+    )
+    parser.add_argument(
+        "--eval-split",
+        choices=("test", "validation"),
+        default="test",
+        help="users to evaluate on; compare variants (stage shares, learning rates) on validation, never on test",
+    )
     parser.add_argument("--num-candidates", type=int, default=20)
     parser.add_argument("--max-history-len", type=int, default=20)
     parser.add_argument("--eval-batch-size", type=int, default=128, help="index-answer evaluation batch")
@@ -155,9 +163,10 @@ def load_datasets(args: argparse.Namespace) -> dict[str, BenchData]:
     return {name: load_bench_data(args.catalog_dir / name, name) for name in args.datasets}
 
 
-def test_rows(split, max_users: int, seed: int):
-    """The fixed test users: all of them, or a seeded subset of `max_users` (kept in split order)."""
-    test = split["test"]
+def test_rows(split, max_users: int, seed: int, eval_split: str = "test"):
+    """The fixed evaluation users of `eval_split`: all of them, or a seeded subset of `max_users` (kept in split
+    order)."""
+    test = split[eval_split]
     if len(test) <= max_users:
         return test
     chosen = np.sort(np.random.default_rng(seed).permutation(len(test))[:max_users])
@@ -350,7 +359,8 @@ def dataset_entry(data: BenchData, split, test, train, args: argparse.Namespace)
             "interactions": stats["interactions"],
             "train_prefixes": len(split["train"]),
             "test_users": len(test),
-            "split": "leave-one-out (last item = test target)",
+            "split": "leave-one-out (last item = test target, the one before = validation target)",
+            "eval_split": args.eval_split,
             "candidates": f"{args.num_candidates} (target + {args.num_candidates - 1} uniform negatives outside the "
             f"user's items, fixed by seed {args.seed})",
             "max_history_len": args.max_history_len,
@@ -401,7 +411,7 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
         split = make_split(
             data.rec, num_candidates=args.num_candidates, seed=args.seed, max_history_len=args.max_history_len
         )
-        test = test_rows(split, args.max_test_users, args.seed)
+        test = test_rows(split, args.max_test_users, args.seed, args.eval_split)
         train = split["train"].shuffle(seed=args.seed).select(range(min(args.train_samples, len(split["train"]))))
         prepared[name] = (split, test, train)
         entry = dataset_entry(data, split, test, train, args)
@@ -459,7 +469,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"#### {name}",
             "",
-            f"{data['test_users']} test users, {data['candidates']}; budget: {budget['train_samples']} training "
+            f"{data['test_users']} {data.get('eval_split', 'test')} users, {data['candidates']}; "
+            f"budget: {budget['train_samples']} training "
             f"samples x {budget['epochs']} epoch, batch {budget['batch_size']}, LoRA r={budget['lora']['r']}.",
             "",
             "| method | " + " | ".join(METRIC_KEYS) + " |",

@@ -27,6 +27,7 @@ from speeder_hf.baselines import (
     spatial_image_features,
 )
 from speeder_hf.collator import SpeederDataCollator
+from speeder_hf.data import make_split
 from speeder_hf.evaluation import evaluate_ranking
 from speeder_hf.mpo import MPOCallback, Stage
 from speeder_hf.prompts import PromptBuilder
@@ -37,6 +38,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import accuracy  # noqa: E402
 import common  # noqa: E402
 import efficiency  # noqa: E402
+import mpo_share  # noqa: E402
 import report  # noqa: E402
 
 TITLES = [f"{noun} {color}" for color in ("red", "blue", "green") for noun in "lipstick mascara soap cream gel".split()]
@@ -356,6 +358,42 @@ def test_accuracy_resume_keeps_finished_methods_and_time_budget_skips(quick_resu
     assert "the rows come from several runs" in section and "min): nothing new" in section
     result = accuracy.main(["--quick", "--out", str(tmp_path), "--methods", "sasrec", "--time-budget-s", "0"])
     assert result["synthetic"]["methods"] == {} and "time budget" in result["synthetic"]["skipped"]["sasrec"]
+
+
+def test_accuracy_evaluates_the_validation_users_when_asked(tmp_path):
+    result = accuracy.main(["--quick", "--out", str(tmp_path), "--methods", "sasrec", "--eval-split", "validation"])
+    assert result["synthetic"]["data"]["eval_split"] == "validation"
+    assert "12 validation users" in (tmp_path / "accuracy.md").read_text()
+    rec = common.synthetic_data().rec
+    rows = accuracy.test_rows(make_split(rec, num_candidates=20, seed=0, max_history_len=20), 12, 0, "validation")
+    items = dict(zip(rec.sequences["user_id"], rec.sequences["items"]))
+    # each evaluated target is its user's second-to-last item, never the held-out test item
+    assert len(rows) == 12 and all(row["target"] == items[row["user_id"]][-2] for row in rows)
+
+
+def test_mpo_share_compares_stage_splits_on_validation_users(tmp_path):
+    result = mpo_share.main(["--quick", "--out", str(tmp_path), "--shares", "equal,0.5"])
+    assert result["eval_split"] == "validation" and (tmp_path / "mpo_share.png").stat().st_size > 0
+    written = json.loads((tmp_path / "mpo_share.json").read_text())
+    assert written["command"] == "python benchmarks/mpo_share.py --quick --out " + f"{tmp_path} --shares equal,0.5"
+    found = written["datasets"]["synthetic"]
+    assert found["data"]["eval_split"] == "validation" and found["budget"]["train_samples"] == 24
+    splits = {name: v["train_samples_per_stage"] for name, v in found["variants"].items()}
+    assert splits == {
+        "speeder, equal stages": [6, 6, 6, 6],
+        "speeder, final stage 50%": [4, 4, 4, 12],
+        "speeder_no_mpo (one stage)": [24],
+    }
+    for variant in found["variants"].values():
+        assert (
+            0 <= variant["VHR@1"] <= 1
+            and variant["num_samples"] == 12
+            and "--eval-split validation" in (variant["accuracy_command"])
+        )
+    with pytest.raises(SystemExit):  # the script sets these per variant
+        mpo_share.parse_args(["--methods", "speeder"])
+    with pytest.raises(SystemExit):
+        mpo_share.parse_args(["--shares", "1.5"])
 
 
 def test_accuracy_continues_an_interrupted_method_from_its_checkpoint(tmp_path):

@@ -1,0 +1,132 @@
+"""MPO's sample split on the validation users: does giving MPO's last stage (all modalities) most of the training
+samples close the gap to training on all modalities from the first step (`speeder_no_mpo`)?
+
+At the accuracy benchmark's budget, MPO splits the samples equally over its stages, so on MovieLens the strongest
+modality (id) trains on the last quarter only, and `speeder_no_mpo` beat the full model on test. Choosing the split
+on test would tune on it; this script compares the splits on the validation split instead (each user's
+second-to-last item, the same candidates protocol), one `accuracy.py` run per variant under identical settings, and
+writes `<out>/mpo_share.json` and `mpo_share.png`. Arguments it does not know go to `accuracy.py` unchanged.
+
+    python benchmarks/mpo_share.py --shares equal,0.8 -- --catalog-dir outputs/bench_catalogs --datasets movielens \\
+        --llm-layers 6 --train-samples 2400 --batch-size 8 --learning-rate 1e-3 --align-learning-rate 1e-3
+    python benchmarks/mpo_share.py --quick --out outputs/mpo_share_quick        # tiny model, synthetic data
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import accuracy  # noqa: E402
+from common import RESULTS_DIR, command_line, machine_description, setup_logging, today, write_json  # noqa: E402
+
+REFERENCE = "speeder_no_mpo"
+KEPT = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR", "num_samples", "train_samples_per_stage")
+KEPT += ("train_seconds", "by_history_len")
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--shares", default="equal,0.8", help="comma-separated final-stage shares; 'equal' = MPO's equal split"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for mpo_share.json/.png")
+    parser.add_argument("--work-dir", type=Path, default=None, help="per-variant runs (outputs/mpo_share_work)")
+    parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic data (smoke test)")
+    args, forwarded = parser.parse_known_args(argv)
+    args.shares = [s for s in args.shares.split(",") if s]
+    for share in args.shares:
+        if share != "equal" and not 0 < float(share) < 1:
+            parser.error(f"--shares: {share!r} is neither 'equal' nor a share strictly between 0 and 1")
+    reserved = {"--methods", "--out", "--work-dir", "--eval-split", "--final-stage-share", "--resume"}
+    clash = sorted(reserved.intersection(a.split("=")[0] for a in forwarded))
+    if clash:
+        parser.error(f"{clash} are set by this script per variant; leave them out")
+    return args, [a for a in forwarded if a != "--"]
+
+
+def variants(shares: list[str]) -> dict[str, list[str]]:
+    """Variant name -> the `accuracy.py` arguments that make it."""
+    runs = {}
+    for share in shares:
+        name = "speeder, equal stages" if share == "equal" else f"speeder, final stage {float(share):.0%}"
+        runs[name] = ["--methods", "speeder"] + ([] if share == "equal" else ["--final-stage-share", share])
+    runs[f"{REFERENCE} (one stage)"] = ["--methods", REFERENCE]
+    return runs
+
+
+def standard_error(rate: float, n: int) -> float:
+    """Binomial standard error of a hit rate over `n` users."""
+    return math.sqrt(rate * (1 - rate) / n) if n else float("nan")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    setup_logging()
+    args, forwarded = parse_args(argv)
+    scratch = Path(tempfile.mkdtemp(prefix="speeder-mpo-share-"))
+    work = args.work_dir or (scratch if args.quick else Path("outputs/mpo_share_work"))
+    start = time.perf_counter()
+    try:
+        result = {
+            "command": command_line(__file__, argv),
+            "machine": machine_description(),
+            "date": today(),
+            "eval_split": "validation",
+            "question": __doc__.split("\n\n")[0].replace("\n", " "),
+            "datasets": {},
+        }
+        for index, (name, extra) in enumerate(variants(args.shares).items()):
+            folder = work / f"variant-{index}"
+            run = accuracy.main(
+                [*forwarded, *(["--quick"] if args.quick else []), *extra, "--eval-split", "validation"]
+                + ["--out", str(folder), "--work-dir", str(folder / "train")]
+            )
+            result["backbone"] = run["backbone"]
+            for dataset in accuracy.dataset_names(run):
+                entry = run[dataset]
+                target = result["datasets"].setdefault(dataset, {"budget": entry["budget"], "data": entry["data"]})
+                target.setdefault("variants", {})
+                for metrics in entry["methods"].values():
+                    target["variants"][name] = {key: metrics[key] for key in KEPT}
+                    target["variants"][name]["accuracy_command"] = run["command"]
+        result["wall_seconds"] = round(time.perf_counter() - start, 1)
+        write_json(args.out / "mpo_share.json", result)
+        plot(result, args.out / "mpo_share.png")
+        return result
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """VHR@1 per variant with +-1 standard error, one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = result["datasets"]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
+    for ax, (dataset, entry) in zip(axes[0], datasets.items()):
+        names = list(entry["variants"])
+        rates = [entry["variants"][n]["VHR@1"] for n in names]
+        errors = [standard_error(r, entry["variants"][n]["num_samples"]) for r, n in zip(rates, names)]
+        ax.bar(range(len(names)), rates, yerr=errors, capsize=4, color="tab:blue")
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{dataset}: {entry['data']['test_users']} validation users")
+        ax.set_ylabel("VHR@1")
+    fig.suptitle(f"MPO sample split, {result['backbone']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
