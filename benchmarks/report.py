@@ -1,6 +1,6 @@
 """Renders the README's results section from the committed result files (never typed by hand):
-`benchmarks/results/efficiency.json` and `benchmarks/results/accuracy.json`, each figure with the command, machine,
-date and budget recorded in its JSON, and the SPEC §7 targets marked as met or missed.
+`benchmarks/results/efficiency.json`, `accuracy.json`, `mpo_share.json` and `sasrec_beauty.json`, each figure with
+the command, machine, date and budget recorded in its JSON, and the SPEC §7 targets marked as met or missed.
 
     python benchmarks/report.py                       # writes benchmarks/results/RESULTS.md
     python benchmarks/report.py --readme README.md    # rewrites README.md between the results markers
@@ -207,13 +207,47 @@ def ablation_verdict(full: float, ablated: float, num_users: int) -> str:
     Each VHR@1 is a proportion over the same `num_users` test users; the unpaired standard error
     sqrt(p1(1-p1)/n + p2(1-p2)/n) overstates the noise of a paired comparison, so "within noise" is conservative.
     """
-    margin = 2 * math.sqrt((full * (1 - full) + ablated * (1 - ablated)) / num_users)
+    margin = two_standard_errors(full, ablated, num_users)
     gap = full - ablated
     if gap > margin:
         return f"below the full model by {gap:.4f} (more than 2 standard errors, {margin:.4f})"
     if gap > 0:
         return f"below the full model by {gap:.4f}, within noise (2 standard errors: {margin:.4f})"
     return f"**not below the full model** (does not help here; 2 standard errors: {margin:.4f})"
+
+
+def two_standard_errors(rate: float, other: float, num_users: int) -> float:
+    """Twice the unpaired standard error of the difference of two hit rates over the same `num_users` users."""
+    return 2 * math.sqrt((rate * (1 - rate) + other * (1 - other)) / num_users)
+
+
+def mpo_share_section(result: dict[str, Any], image: str) -> list[str]:
+    """MPO's sample split compared on validation users (`benchmarks/mpo_share.py`), each variant against the
+    first one (MPO's equal split)."""
+    lines = ["### MPO's sample split, on validation users", "", f"- question: {result['question']}"]
+    lines += [*_provenance(result), f"- wall time: {result['wall_seconds'] / 60:.1f} min", "", f"![mpo_share]({image})"]
+    for dataset, entry in result["datasets"].items():
+        budget, data, variants = entry["budget"], entry["data"], entry["variants"]
+        lines += [
+            "",
+            f"**{dataset}**: {data['test_users']} validation users, {data['candidates']}; budget: "
+            f"{budget['train_samples']} training samples x {budget['epochs']} epoch, batch {budget['batch_size']}.",
+            "",
+            "| variant | samples per stage | VHR@1 | HR@5 | NDCG@5 | NDCG@10 | train s |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, v in variants.items():
+            split = " / ".join(str(n) for n in v["train_samples_per_stage"])
+            metrics = " | ".join(_fmt(v[k]) for k in ("VHR@1", "HR@5", "NDCG@5", "NDCG@10"))
+            lines.append(f"| {name} | {split} | {metrics} | {_fmt(v['train_seconds'], 0)} |")
+        (reference, base), *others = variants.items()
+        lines.append("")
+        for name, v in others:
+            gap = v["VHR@1"] - base["VHR@1"]
+            margin = two_standard_errors(v["VHR@1"], base["VHR@1"], data["test_users"])
+            verdict = "beyond" if abs(gap) > margin else "within"
+            lines.append(f"- {name} - {reference}: VHR@1 {gap:+.4f}, {verdict} noise (2 standard errors: {margin:.4f})")
+    return lines + [""]
 
 
 def sasrec_section(result: dict[str, Any]) -> list[str]:
@@ -257,6 +291,9 @@ def render(results_dir: Path, output: Path) -> str:
             continue
         image = os.path.relpath(results_dir / f"{name}.png", output.parent)
         lines += section(json.loads(path.read_text()), image) + [""]
+    if (results_dir / "mpo_share.json").is_file():
+        image = os.path.relpath(results_dir / "mpo_share.png", output.parent)
+        lines += mpo_share_section(json.loads((results_dir / "mpo_share.json").read_text()), image)
     if (results_dir / "sasrec_beauty.json").is_file():
         lines += sasrec_section(json.loads((results_dir / "sasrec_beauty.json").read_text()))
     lines.append(END)

@@ -390,6 +390,9 @@ def test_mpo_share_compares_stage_splits_on_validation_users(tmp_path):
             and variant["num_samples"] == 12
             and "--eval-split validation" in (variant["accuracy_command"])
         )
+    section = "\n".join(report.mpo_share_section(written, "mpo_share.png"))
+    assert "| speeder_no_mpo (one stage) | 24 |" in section and "12 validation users" in section
+    assert "- speeder, final stage 50% - speeder, equal stages: VHR@1 " in section
     with pytest.raises(SystemExit):  # the script sets these per variant
         mpo_share.parse_args(["--methods", "speeder"])
     with pytest.raises(SystemExit):
