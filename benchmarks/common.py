@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -292,7 +293,8 @@ def stage_lengths(total: int, num_stages: int, final_share: float | None = None)
 class StageSlices(torch.utils.data.Dataset):
     """The training samples split into one disjoint slice per MPO stage (`stage_lengths`), so a method with S stages
     sees each sample once in all (the budget of a one-stage method), not the same first samples S times. `run_mpo`
-    calls `set_stage` as each stage starts (also when a resumed run starts in a later stage). Indices reach `base`
+    calls `set_stage` before each stage's trainer sizes the stage from `len()` (also when a resumed run starts in a
+    later stage). Indices reach `base`
     unchanged, so per-sample training candidates (`CandidateSamplingDataset`: seeded by epoch and index) are the
     same for every method."""
 
@@ -385,7 +387,23 @@ def train_method(
         processing_class=tokenizer,
         resume_from_checkpoint=resume,
     )
+    check_stage_steps(output_dir, stages, lengths, micro_batch_size, batch_size // micro_batch_size)
     return model, stages, lengths
+
+
+def check_stage_steps(output_dir: Path, stages, lengths: Sequence[int], micro_batch: int, accumulation: int) -> None:
+    """Fails unless every stage took the optimizer steps its slice of the samples calls for, so the budget that a
+    result file records (`train_samples_per_stage`) is the one that trained."""
+    from speeder_hf.mpo import DONE_FILE
+
+    for index, (stage, length) in enumerate(zip(stages, lengths)):
+        done = json.loads((output_dir / f"stage-{index}-{stage.name}" / DONE_FILE).read_text())
+        expected = math.ceil(math.ceil(length / micro_batch) / accumulation)
+        if done["global_step"] != expected:
+            raise RuntimeError(
+                f"MPO stage {index} {stage.name!r} took {done['global_step']} optimizer steps, but its {length} "
+                f"samples in micro batches of {micro_batch} x {accumulation} call for {expected}."
+            )
 
 
 def micro_batch_for(

@@ -29,7 +29,6 @@ from speeder_hf.baselines import (
 from speeder_hf.collator import SpeederDataCollator
 from speeder_hf.data import make_split
 from speeder_hf.evaluation import evaluate_ranking
-from speeder_hf.mpo import MPOCallback, Stage
 from speeder_hf.prompts import PromptBuilder
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -216,7 +215,7 @@ def test_stage_slices_give_each_stage_its_own_samples():
     def slices_seen(lengths):
         slices, seen = common.StageSlices(Base(), lengths), {}
         for index in reversed(range(len(lengths))):  # by index: a resumed run may start in a later stage
-            MPOCallback(None, Stage("s", ["text"]), index, slices).on_train_begin(None, None, None)
+            slices.set_stage(index)
             seen[index] = [slices[i] for i in range(len(slices))]
         return slices, seen
 

@@ -138,6 +138,30 @@ def test_callback_tells_the_dataset_the_epoch_now_starting():
     assert rows.epochs == [0, 1, 2]
 
 
+class StagedRows(ToyRows):
+    """Rows whose length depends on the stage, like the benchmarks' per-stage slices of the training samples."""
+
+    def __init__(self, lengths: list[int]):
+        super().__init__(sum(lengths))
+        self.lengths, self.stage = lengths, 0
+
+    def __len__(self) -> int:
+        return self.lengths[self.stage]
+
+    def set_stage(self, index: int) -> None:
+        self.stage = index
+
+
+def test_a_stage_in_epochs_is_sized_by_its_own_slice_of_the_dataset(tmp_path):
+    model, tokenizer = tiny_speeder()
+    stages = [Stage(name, ["text"], num_train_epochs=1.0) for name in ("short", "long")]
+    run_mpo(model, stages, toy_args(tmp_path), StagedRows([4, 12]), ToyCollator(tokenizer, model.config))
+    steps = [json.loads((tmp_path / folder / "mpo_stage_done.json").read_text())["global_step"]
+             for folder in ("stage-0-short", "stage-1-long")]  # fmt: skip
+    # batches of 4: one step over the first slice, three over the second (not the first slice's length again)
+    assert steps == [1, 3]
+
+
 def test_mix_from_switches_modalities_per_step(tmp_path):
     model, tokenizer = tiny_speeder()
     seen = record_active_modalities(model)

@@ -194,11 +194,6 @@ class MPOCallback(TrainerCallback):
         self.model, self.stage, self.stage_index = model, stage, stage_index
         self.train_dataset, self.seed = train_dataset, seed
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        # Told by index, not counted: a resumed run starts directly in a later stage.
-        if hasattr(self.train_dataset, "set_stage"):
-            self.train_dataset.set_stage(self.stage_index)
-
     def on_epoch_begin(self, args, state, control, **kwargs):
         if hasattr(self.train_dataset, "set_epoch"):
             # state.epoch is fractional mid-epoch (and restored on resume); its floor is the epoch now starting.
@@ -258,7 +253,8 @@ def run_mpo(
         training_args: shared settings; `output_dir` is the run's root.
         train_dataset, data_collator, eval_dataset, callbacks, processing_class: passed to each stage's trainer.
             A `train_dataset` with `set_epoch(epoch)` is told each epoch (to redraw training negatives), one with
-            `set_stage(index)` the index of each stage as it starts.
+            `set_stage(index)` the index of each stage before its trainer is built (so a stage measured in epochs
+            is sized by what the dataset then holds).
         resume_from_checkpoint: True to continue the run found in `output_dir` (the first stage without a done
             marker, from its latest checkpoint; earlier stages are reloaded from their `final/` weights), or the
             path of a checkpoint written by a stage of this run.
@@ -305,6 +301,10 @@ def run_mpo(
             counts,
             f", resuming from {checkpoint}" if index == resume_index and checkpoint else "",
         )
+        if hasattr(train_dataset, "set_stage"):
+            # Before the trainer exists: it sizes the stage (steps, warmup, schedule) from len(train_dataset). Told
+            # by index, not counted: a resumed run starts directly in a later stage.
+            train_dataset.set_stage(index)
         trainer = SpeederTrainer(
             model=model,
             args=_stage_args(training_args, stage, index, stage_dir),
