@@ -130,6 +130,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="keep methods already in <out>/accuracy.json and continue an interrupted method from its checkpoint",
     )
+    parser.add_argument(
+        "--redo",
+        action="store_true",
+        help="with --resume: run the listed methods again and replace their rows (earlier runs no longer list them)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic data (smoke test)")
     parser.add_argument("--plot-only", action="store_true", help="rewrite accuracy.md/.png from <out>/accuracy.json")
@@ -139,6 +144,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.methods = [m for m in args.methods.split(",") if m]
     if args.work_dir is None and not args.quick:
         args.work_dir = Path("outputs/accuracy_work")
+    if args.redo and not args.resume:
+        parser.error("--redo replaces rows of an earlier run: use it with --resume")
     unknown = [m for m in args.methods if m not in ALL_METHODS]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose among {ALL_METHODS}")
@@ -426,9 +433,11 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
         for name, data in datasets.items():
             split, test, train = prepared[name]
             entry = results[name]
-            if method in entry["methods"]:
+            if method in entry["methods"] and not args.redo:
                 logger.info("%s / %s: already in %s, kept (--resume)", name, method, out_json)
                 continue
+            if method in entry["methods"]:
+                forget_row(results["runs"], f"{name}/{method}", keep=this_run)
             if method != SASREC and METHODS[method].needs_images and not data.has_images:
                 entry["skipped"][method] = "the dataset has no item images"
                 continue
@@ -449,6 +458,15 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
     results["wall_seconds"] = this_run["wall_seconds"] = round(time.perf_counter() - start, 1)
     write_outputs(results, args.out)
     return results
+
+
+def forget_row(runs: list[dict[str, Any]], row: str, keep: dict[str, Any]) -> None:
+    """Takes a row that is being measured again out of the earlier runs that list it, and drops an earlier run left
+    with no rows (all but `keep`, this run), so every row in the file is listed under the run that produced it."""
+    for run in runs:
+        if row in run["methods"]:
+            run["methods"].remove(row)
+    runs[:] = [run for run in runs if run["methods"] or run is keep]
 
 
 # ----- outputs --------------------------------------------------------------------------------------------------

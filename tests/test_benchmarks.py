@@ -355,6 +355,13 @@ def test_accuracy_resume_keeps_finished_methods_and_time_budget_skips(quick_resu
     assert "git_commit_at_start" in resumed
     section = "\n".join(report.accuracy_section(result, "accuracy.png"))
     assert "the rows come from several runs" in section and "min): nothing new" in section
+    # --redo measures sasrec again: the row is replaced and only the newest run lists it
+    result = accuracy.main(["--quick", "--out", str(tmp_path), "--resume", "--redo", "--methods", "sasrec"])
+    assert [run["methods"] for run in result["runs"]] == [[m for m in first["methods"] if m != "synthetic/sasrec"],
+                                                          ["synthetic/sasrec"]]  # fmt: skip
+    assert set(result["synthetic"]["methods"]) == set(accuracy.ALL_METHODS)
+    with pytest.raises(SystemExit):  # nothing to replace without --resume
+        accuracy.parse_args(["--redo"])
     result = accuracy.main(["--quick", "--out", str(tmp_path), "--methods", "sasrec", "--time-budget-s", "0"])
     assert result["synthetic"]["methods"] == {} and "time budget" in result["synthetic"]["skipped"]["sasrec"]
 
