@@ -487,9 +487,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"#### {name}",
             "",
-            f"{data['test_users']} {data.get('eval_split', 'test')} users, {data['candidates']}; "
-            f"budget: {budget['train_samples']} training "
-            f"samples x {budget['epochs']} epoch, batch {budget['batch_size']}, LoRA r={budget['lora']['r']}.",
+            f"{data['test_users']} {data.get('eval_split', 'test')} users, {data['candidates']}; budget: "
+            f"{budget['train_samples']} training samples x {budget['epochs']} epoch, batch {budget['batch_size']}, "
+            f"LoRA r={budget['lora']['r']}.",
             "",
             "| method | " + " | ".join(METRIC_KEYS) + " |",
             "|---|" + "---:|" * len(METRIC_KEYS),

@@ -294,9 +294,8 @@ class StageSlices(torch.utils.data.Dataset):
     """The training samples split into one disjoint slice per MPO stage (`stage_lengths`), so a method with S stages
     sees each sample once in all (the budget of a one-stage method), not the same first samples S times. `run_mpo`
     calls `set_stage` before each stage's trainer sizes the stage from `len()` (also when a resumed run starts in a
-    later stage). Indices reach `base`
-    unchanged, so per-sample training candidates (`CandidateSamplingDataset`: seeded by epoch and index) are the
-    same for every method."""
+    later stage). Indices reach `base` unchanged, so per-sample training candidates (`CandidateSamplingDataset`:
+    seeded by epoch and index) are the same for every method."""
 
     def __init__(self, base, lengths: Sequence[int]):
         self.base, self.lengths, self.stage = base, list(lengths), 0

@@ -141,8 +141,7 @@ def accuracy_section(result: dict[str, Any], image: str) -> list[str]:
         budget, data = entry["budget"], entry["data"]
         lines += [
             f"**{dataset}**: {data['test_users']} {data.get('eval_split', 'test')} users, {data['split']}; "
-            f"{data['candidates']}; histories of "
-            f"up to {data['max_history_len']} items.",
+            f"{data['candidates']}; histories of up to {data['max_history_len']} items.",
             f"Budget: {budget['train_samples']} training samples x {budget['epochs']} epoch, batch "
             f"{budget['batch_size']} ({budget['optimizer_steps']} optimizer steps), LoRA r={budget['lora']['r']}; "
             f"{budget['note']}.",
