@@ -393,10 +393,10 @@ def train_method(
 def check_stage_steps(output_dir: Path, stages, lengths: Sequence[int], micro_batch: int, accumulation: int) -> None:
     """Fails unless every stage took the optimizer steps its slice of the samples calls for, so the budget that a
     result file records (`train_samples_per_stage`) is the one that trained."""
-    from speeder_hf.mpo import DONE_FILE
+    from speeder_hf.mpo import DONE_FILE, stage_folder
 
     for index, (stage, length) in enumerate(zip(stages, lengths)):
-        done = json.loads((output_dir / f"stage-{index}-{stage.name}" / DONE_FILE).read_text())
+        done = json.loads((output_dir / stage_folder(index, stage) / DONE_FILE).read_text())
         expected = math.ceil(math.ceil(length / micro_batch) / accumulation)
         if done["global_step"] != expected:
             raise RuntimeError(

@@ -227,6 +227,12 @@ class MPOCallback(TrainerCallback):
         }
 
 
+def stage_folder(index: int, stage: Stage) -> str:
+    """The folder, under the run's `output_dir`, where `run_mpo` writes stage `index` (checkpoints, `final/`, the
+    done marker)."""
+    return f"stage-{index}-{stage.name}"
+
+
 def run_mpo(
     model,
     stages: Sequence[Stage],
@@ -283,7 +289,7 @@ def run_mpo(
 
     for index in runnable:
         stage = stages[index]
-        stage_dir = root / f"stage-{index}-{stage.name}"
+        stage_dir = root / stage_folder(index, stage)
         if stage.lora and not isinstance(model, PeftModel):
             model = apply_lora(model, **(lora_kwargs or {}))
         if index < resume_index:
@@ -350,7 +356,7 @@ def _stage_args(args: TrainingArguments, stage: Stage, index: int, stage_dir: Pa
         "warmup_steps": stage.warmup_ratio,  # < 1: a fraction of the stage's steps
         "remove_unused_columns": False,
         "label_names": ["labels"],
-        "run_name": f"{args.run_name or Path(args.output_dir).name}/stage-{index}-{stage.name}",
+        "run_name": f"{args.run_name or Path(args.output_dir).name}/{stage_folder(index, stage)}",
     }
     if stage.max_steps is not None:
         changes["max_steps"] = stage.max_steps
@@ -366,7 +372,7 @@ def _resume_point(
     """The index of the stage to continue and the checkpoint to continue it from (None: start it afresh)."""
     done = []
     for index in runnable:
-        marker = root / f"stage-{index}-{stages[index].name}" / DONE_FILE
+        marker = root / stage_folder(index, stages[index]) / DONE_FILE
         if not marker.is_file():
             break
         recorded = json.loads(marker.read_text())
@@ -393,7 +399,7 @@ def _resume_point(
     if not pending:
         return len(stages), None
     index = pending[0]
-    stage_dir = root / f"stage-{index}-{stages[index].name}"
+    stage_dir = root / stage_folder(index, stages[index])
     last = _last_complete_checkpoint(stage_dir)
     if last is None and not done:
         raise ValueError(f"resume_from_checkpoint=True but {root} holds no finished MPO stage and no checkpoint.")
