@@ -92,11 +92,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["backbone"] = run["backbone"]
             for dataset in accuracy.dataset_names(run):
                 entry = run[dataset]
-                target = result["datasets"].setdefault(dataset, {"budget": entry["budget"], "data": entry["data"]})
-                target.setdefault("variants", {})
+                target = result["datasets"].setdefault(
+                    dataset, {"budget": entry["budget"], "data": entry["data"], "variants": {}}
+                )
                 for metrics in entry["methods"].values():
-                    target["variants"][name] = {key: metrics[key] for key in KEPT}
-                    target["variants"][name]["accuracy_command"] = run["command"]
+                    kept = {key: metrics[key] for key in KEPT}
+                    target["variants"][name] = {**kept, "accuracy_command": run["command"]}
         result["wall_seconds"] = round(time.perf_counter() - start, 1)
         write_json(args.out / "mpo_share.json", result)
         plot(result, args.out / "mpo_share.png")
