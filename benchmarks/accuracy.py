@@ -12,8 +12,9 @@ LLaRA's parser: they have VHR@1, ValidRatio and HR@1 but no ranking, so their HR
 
 Writes `<out>/accuracy.json` after every method (a run that runs out of time keeps what it finished; `--resume`
 skips methods already there), and `accuracy.md` (tables) and `accuracy.png`. Training checkpoints every
-`--save-steps` steps under `--work-dir`; after a kill, the same command with `--resume` continues the interrupted
-method from its last checkpoint (same settings only), and its `train_seconds` adds up the sittings.
+`--save-steps` steps under `--work-dir`, and evaluation saves each batch's outcomes there; after a kill, the same
+command with `--resume` continues the interrupted method from its last checkpoint (same settings only) or from its
+last evaluated batch, and its `train_seconds` and `eval_seconds` add up the sittings.
 
     python benchmarks/prepare_catalogs.py --out outputs/bench_catalogs          # once, on CPU
     python benchmarks/accuracy.py --catalog-dir outputs/bench_catalogs --llm smollm2 --time-budget-s 480
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import logging
 import shutil
@@ -35,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,7 +63,7 @@ from common import (  # noqa: E402
 )
 
 from speeder_hf.data import CandidateSamplingDataset, make_split  # noqa: E402
-from speeder_hf.evaluation import evaluate_ranking  # noqa: E402
+from speeder_hf.evaluation import RankingOutcomes, collect_outcomes  # noqa: E402
 from speeder_hf.lora import merge_lora  # noqa: E402
 from speeder_hf.metrics import bucket_indices  # noqa: E402
 from speeder_hf.mpo import has_progress  # noqa: E402
@@ -80,6 +83,7 @@ ALL_METHODS = [
     "mllm",
     "text",
 ]
+NUM_EXAMPLES = 5  # generated answers kept per title-answer method, to see why answers are invalid
 METRIC_KEYS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
 
 
@@ -158,7 +162,7 @@ def apply_quick(args: argparse.Namespace, scratch: Path) -> None:
     args.llm = str(write_tiny_backbone(scratch / "tiny-llm"))
     args.datasets = ["synthetic"]
     args.train_samples, args.batch_size, args.max_test_users = 24, 8, 12
-    args.eval_batch_size = args.generation_batch_size = 12
+    args.eval_batch_size = args.generation_batch_size = 5  # 12 users: evaluated (and saved) in three batches
     args.max_new_tokens = 8
     args.save_steps = 1
     args.work_dir = args.work_dir or scratch / "work"
@@ -185,29 +189,66 @@ def normalise(metrics: dict[str, Any]) -> dict[str, Any]:
     return {**{key: metrics.get(key) for key in METRIC_KEYS}, "num_samples": metrics["num_samples"]}
 
 
-def evaluate_llm(spec, model, tokenizer, data: BenchData, test, args: argparse.Namespace) -> dict[str, Any]:
+EVAL_FOLDER = "eval"
+
+
+def evaluate_llm(
+    spec, model, tokenizer, data: BenchData, test, args: argparse.Namespace, work: Path, sitting: int
+) -> dict[str, Any]:
+    """Evaluates one batch of test rows at a time and saves each batch's outcomes under `work/eval` as it finishes:
+    title generation for 1,000 users runs for up to an hour on CPU, and a continued run (`--resume`) evaluates only
+    the batches not saved yet. A saved batch is reused only for the same rows; `work` holds one trained model (it is
+    emptied when training starts afresh). Adds `eval_seconds` (all sittings) and `eval_sittings`."""
     model = merge_lora(model)
     if torch.cuda.is_available():
         model = model.to(torch.bfloat16)
-    metrics = evaluate_ranking(
-        model,
-        tokenizer,
-        test,
-        item_titles=data.catalog.titles,
-        item_texts=data.catalog.texts,
-        batch_size=args.eval_batch_size if spec.answer_mode == "index" else args.generation_batch_size,
-        answer_mode=spec.answer_mode,
-        prompt_style=spec.prompt_style,
-        max_new_tokens=args.max_new_tokens,
-        show_progress=not args.quick,  # generation for 1,000 users runs for a while
-        num_examples=5,
-    )
+    batch_size = args.eval_batch_size if spec.answer_mode == "index" else args.generation_batch_size
+    folder = work / EVAL_FOLDER
+    commit = machine_description()["git_commit_at_start"]
+    parts, seconds, sittings = [], 0.0, set()
+    for begin in tqdm(
+        range(0, len(test), batch_size), desc=f"Evaluating ({spec.answer_mode} answers)", disable=args.quick
+    ):
+        rows = test.select(range(begin, min(begin + batch_size, len(test))))
+        key = rows_fingerprint(rows)
+        path = folder / f"rows-{begin:06d}.json"
+        saved = json.loads(path.read_text()) if path.is_file() else None
+        if saved is None or saved["rows"] != key:
+            started = time.perf_counter()
+            outcomes = collect_outcomes(
+                model,
+                tokenizer,
+                rows,
+                item_titles=data.catalog.titles,
+                item_texts=data.catalog.texts,
+                batch_size=batch_size,
+                answer_mode=spec.answer_mode,
+                prompt_style=spec.prompt_style,
+                max_new_tokens=args.max_new_tokens,
+                show_progress=False,
+                num_examples=NUM_EXAMPLES,
+            )
+            elapsed = round(time.perf_counter() - started, 1)
+            saved = {"rows": key, "sitting": sitting, "commit": commit, "seconds": elapsed, **outcomes.to_dict()}
+            write_json(path, saved)
+        parts.append(RankingOutcomes.from_dict(saved))
+        seconds += saved["seconds"]
+        sittings.add(saved["sitting"])
+    metrics = RankingOutcomes.concatenate(parts).summary(num_examples=NUM_EXAMPLES)
     return {
         **normalise(metrics),
         **({"examples": metrics["examples"]} if "examples" in metrics else {}),
         "protocol": metrics["protocol"],
         "by_history_len": {bucket: normalise(values) for bucket, values in metrics["by_history_len"].items()},
+        "eval_seconds": round(seconds, 1),
+        "eval_sittings": len(sittings),
     }
+
+
+def rows_fingerprint(rows) -> str:
+    """Identifies evaluation rows by what is evaluated (user, history, target, candidates)."""
+    fields = [(r["user_id"], r["history"], r["target"], r["candidates"]) for r in rows]
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
 def evaluate_sasrec_rows(data: BenchData, test) -> dict[str, Any]:
@@ -265,18 +306,32 @@ def start_sitting(work: Path, settings: dict[str, Any], resume: bool) -> dict[st
 
 class TrainClock(TrainerCallback):
     """Training seconds over all sittings: at each checkpoint it writes the total so far into `sittings.json`, so
-    a continued run adds its own time to what the checkpoint had cost (steps redone after a kill count once)."""
+    a continued run adds its own time to what the checkpoint had cost (steps redone after a kill count once).
+    `finish` fixes the totals when training is over, so a sitting that only continues the evaluation adds nothing."""
 
     def __init__(self, record_file: Path, earlier_seconds: float):
         self.record_file, self.earlier = record_file, earlier_seconds
         self.start = time.perf_counter()
+        self.took_part = False  # a stage's training ran (or was completed) in this sitting
 
     def seconds(self) -> float:
         return self.earlier + time.perf_counter() - self.start
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.took_part = True
+
     def on_save(self, args, state, control, **kwargs):
         record = json.loads(self.record_file.read_text())
         write_json(self.record_file, {**record, "train_seconds": round(self.seconds(), 1)})
+
+    def finish(self) -> dict[str, Any]:
+        """Records the training time and the sittings training took (when this sitting trained, or training had not
+        been recorded as finished), and returns `sittings.json`."""
+        record = json.loads(self.record_file.read_text())
+        if self.took_part or "trained_in_sittings" not in record:
+            record.update(train_seconds=round(self.seconds(), 1), trained_in_sittings=record["sittings"])
+            write_json(self.record_file, record)
+        return record
 
 
 def run_method(name: str, data: BenchData, split, test, train, args: argparse.Namespace) -> dict[str, Any]:
@@ -321,9 +376,8 @@ def run_method(name: str, data: BenchData, split, test, train, args: argparse.Na
         callbacks=[clock],
         final_stage_share=args.final_stage_share,
     )
-    trained = time.perf_counter()
-    train_seconds = clock.seconds()
-    result = evaluate_llm(spec, model, tokenizer, data, test, args)
+    trained = clock.finish()
+    result = evaluate_llm(spec, model, tokenizer, data, test, args, work, sitting["sittings"])
     del model
     gc.collect()
     if device == "cuda":
@@ -337,12 +391,11 @@ def run_method(name: str, data: BenchData, split, test, train, args: argparse.Na
         "micro_batch_size": micro,
         "longest_train_prompt_tokens": longest,
         "setup_seconds": round(train_start - start, 1),
-        "train_seconds": round(train_seconds, 1),
-        "train_samples_per_s": round(sum(per_stage) / train_seconds, 2),
+        "train_seconds": trained["train_seconds"],
+        "train_samples_per_s": round(sum(per_stage) / trained["train_seconds"], 2),
         # more than one: interrupted and continued from a checkpoint (train_seconds adds the sittings up)
-        "train_sittings": sitting["sittings"],
+        "train_sittings": trained["trained_in_sittings"],
         "train_started_at_commit": sitting["commit"],
-        "eval_seconds": round(time.perf_counter() - trained, 1),
     }
 
 

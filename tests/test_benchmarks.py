@@ -28,7 +28,7 @@ from speeder_hf.baselines import (
 )
 from speeder_hf.collator import SpeederDataCollator
 from speeder_hf.data import make_split
-from speeder_hf.evaluation import evaluate_ranking
+from speeder_hf.evaluation import collect_outcomes, evaluate_ranking
 from speeder_hf.prompts import PromptBuilder
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -426,6 +426,37 @@ def test_accuracy_continues_an_interrupted_method_from_its_checkpoint(tmp_path):
     speeder = changed["synthetic"]["methods"]["speeder"]
     assert speeder["train_sittings"] == 1 and first["train_samples_per_stage"] == [6, 6, 6, 6]
     assert speeder["train_samples_per_stage"] == [4, 4, 4, 12] and speeder["train_samples_seen"] == 24
+
+
+def test_accuracy_continues_an_interrupted_evaluation_from_its_last_saved_batch(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    run = ["--quick", "--methods", "llara", "--work-dir", str(work)]
+    first = accuracy.main([*run, "--out", str(tmp_path / "first")])["synthetic"]["methods"]["llara"]
+    saved = sorted((work / "synthetic" / "llara" / accuracy.EVAL_FOLDER).glob("rows-*.json"))
+    assert [path.name for path in saved] == ["rows-000000.json", "rows-000005.json", "rows-000010.json"]
+    assert first["eval_sittings"] == 1 and first["num_samples"] == 12
+    saved[1].unlink()  # killed while generating for the second batch
+
+    calls = []
+
+    def counted(model, tokenizer, rows, **kwargs):
+        calls.append(len(rows))
+        return collect_outcomes(model, tokenizer, rows, **kwargs)
+
+    monkeypatch.setattr(accuracy, "collect_outcomes", counted)
+    again = accuracy.main([*run, "--out", str(tmp_path / "second"), "--resume"])["synthetic"]["methods"]["llara"]
+    assert calls == [5]  # only the missing batch is evaluated again
+    assert {k: again[k] for k in (*accuracy.METRIC_KEYS, "by_history_len", "examples")} == {
+        k: first[k] for k in (*accuracy.METRIC_KEYS, "by_history_len", "examples")
+    }
+    # training had finished in the first sitting: the second only evaluated
+    assert again["train_sittings"] == 1 and again["train_seconds"] == first["train_seconds"]
+    assert again["eval_sittings"] == 2
+
+    # other rows (validation users) are never answered from the test rows' saved outcomes
+    calls.clear()
+    other = accuracy.main([*run, "--out", str(tmp_path / "third"), "--resume", "--eval-split", "validation"])
+    assert calls == [5, 5, 2] and other["synthetic"]["methods"]["llara"]["eval_sittings"] == 1
 
 
 def test_report_renders_from_the_json_and_rewrites_only_between_markers(quick_results, tmp_path):

@@ -1,7 +1,9 @@
-"""evaluate_ranking against brute-force computations, one sample at a time, from the model itself."""
+"""evaluate_ranking against brute-force computations, one sample at a time, from the model itself; outcomes of
+parts of a split against the whole."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 from conftest import tiny_speeder
 from datasets import Dataset
 
-from speeder_hf.evaluation import evaluate_ranking
+from speeder_hf.evaluation import RankingOutcomes, collect_outcomes, evaluate_ranking
 from speeder_hf.metrics import parse_title_answer
 from speeder_hf.prompts import PromptBuilder
 
@@ -164,3 +166,23 @@ def test_bad_evaluation_input(model_and_tokenizer):
     mixed = [ROWS[0], {**ROWS[1], "candidates": [20, 24]}]
     with pytest.raises(ValueError, match="different numbers of candidates"):
         evaluate_ranking(model, tokenizer, mixed, TITLES, batch_size=1, show_progress=False)
+
+
+def test_outcomes_of_parts_add_up_to_the_whole_evaluation(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    whole = evaluate_ranking(model, tokenizer, ROWS, TITLES, batch_size=3, show_progress=False)
+    parts = [
+        collect_outcomes(model, tokenizer, rows, TITLES, batch_size=2, show_progress=False)
+        for rows in (ROWS[:3], ROWS[3:4], ROWS[4:])
+    ]
+    # saved as JSON between sittings and read back
+    parts = [RankingOutcomes.from_dict(json.loads(json.dumps(part.to_dict()))) for part in parts]
+    assert RankingOutcomes.concatenate(parts).summary() == whole
+
+    titled = ScriptedGenerator(model.config, tokenizer, ["x"] * 2)
+    title_part = collect_outcomes(titled, tokenizer, ROWS[:2], TITLES, answer_mode="title", show_progress=False)
+    assert title_part.ranks is None and not title_part.valid.any()
+    with pytest.raises(ValueError, match="different protocols"):
+        RankingOutcomes.concatenate([parts[0], title_part])
+    with pytest.raises(ValueError, match="No outcomes"):
+        RankingOutcomes.concatenate([])

@@ -1,10 +1,12 @@
-"""`evaluate_ranking`: VHR@1 / ValidRatio / HR@1 and ranking metrics of a Speeder model on a validation or test
-split (rows `{user_id, history, target, candidates}` with fixed candidates)."""
+"""Evaluation of a Speeder model on a validation or test split (rows `{user_id, history, target, candidates}` with
+fixed candidates): `evaluate_ranking` gives VHR@1 / ValidRatio / HR@1 and ranking metrics; `collect_outcomes` gives
+the per-row outcomes they come from, so a long evaluation can run in parts and be summed up exactly."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,109 @@ from tqdm.auto import tqdm
 
 from .collator import SpeederDataCollator
 from .metrics import answer_metrics, bucket_indices, parse_title_answer, rank_metrics, target_ranks
+
+
+@dataclass
+class RankingOutcomes:
+    """Per-row outcomes of an evaluation. Outcomes of disjoint parts of a split `concatenate` into those of the whole,
+    and `summary` turns them into the metrics of `evaluate_ranking`.
+
+    Attributes:
+        valid: `(N,)` bool, the answer names one candidate (always true for index answers).
+        correct: `(N,)` bool, the answer is the target.
+        history_len: `(N,)` int, length of the row's history as given (for the history-length buckets).
+        ranks: `(N,)` int, the target's 0-based rank among the candidates; index answers only, else None.
+        num_candidates: candidates per row.
+        answer_mode, prompt_style: the protocol the rows were evaluated under.
+        examples: title answers only, the first rows' generated texts (see `evaluate_ranking`'s `num_examples`).
+    """
+
+    valid: np.ndarray
+    correct: np.ndarray
+    history_len: np.ndarray
+    ranks: np.ndarray | None
+    num_candidates: int
+    answer_mode: str
+    prompt_style: str
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[RankingOutcomes]) -> RankingOutcomes:
+        """The outcomes of the parts' rows, in order. Raises ValueError if the parts were evaluated differently."""
+        if not parts:
+            raise ValueError("No outcomes to concatenate.")
+        protocols = {(p.num_candidates, p.answer_mode, p.prompt_style, p.ranks is None) for p in parts}
+        if len(protocols) > 1:
+            raise ValueError(f"Outcomes under different protocols cannot be combined: {sorted(protocols)}.")
+        first = parts[0]
+        return cls(
+            valid=np.concatenate([p.valid for p in parts]),
+            correct=np.concatenate([p.correct for p in parts]),
+            history_len=np.concatenate([p.history_len for p in parts]),
+            ranks=None if first.ranks is None else np.concatenate([p.ranks for p in parts]),
+            num_candidates=first.num_candidates,
+            answer_mode=first.answer_mode,
+            prompt_style=first.prompt_style,
+            examples=[example for p in parts for example in p.examples],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form; `from_dict` restores it exactly."""
+        return {
+            "valid": self.valid.tolist(),
+            "correct": self.correct.tolist(),
+            "history_len": self.history_len.tolist(),
+            "ranks": None if self.ranks is None else self.ranks.tolist(),
+            "num_candidates": self.num_candidates,
+            "answer_mode": self.answer_mode,
+            "prompt_style": self.prompt_style,
+            "examples": self.examples,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RankingOutcomes:
+        ranks = values["ranks"]
+        return cls(
+            valid=np.array(values["valid"], dtype=bool),
+            correct=np.array(values["correct"], dtype=bool),
+            history_len=np.array(values["history_len"], dtype=np.int64),
+            ranks=None if ranks is None else np.array(ranks, dtype=np.int64),
+            num_candidates=int(values["num_candidates"]),
+            answer_mode=values["answer_mode"],
+            prompt_style=values["prompt_style"],
+            examples=list(values["examples"]),
+        )
+
+    def summary(self, ks: Iterable[int] = (1, 5, 10), num_examples: int | None = None) -> dict[str, Any]:
+        """The metrics `evaluate_ranking` returns (see there), over these rows; `num_examples` caps the examples."""
+        ks = tuple(ks)
+
+        def summarise(index: np.ndarray | slice) -> dict[str, float]:
+            metrics = answer_metrics(self.valid[index], self.correct[index])
+            if self.ranks is not None:
+                # The rank-based HR@1 equals LLaRA's HR@1 here (the answer is the top-ranked candidate, always valid).
+                metrics.update({k: v for k, v in rank_metrics(self.ranks[index], ks).items() if k != "HR@1"})
+            return metrics
+
+        size = self.num_candidates
+        how = (
+            "label scores, one forward pass" if self.answer_mode == "index" else "greedy title generation, LLaRA parser"
+        )
+        result = {
+            **summarise(slice(None)),
+            "num_samples": int(len(self.valid)),
+            "protocol": f"{size} candidates (target + {size - 1} sampled negatives), {how}",
+            "answer_mode": self.answer_mode,
+            "prompt_style": self.prompt_style,
+            "by_history_len": {
+                bucket: {**summarise(index), "num_samples": int(len(index))}
+                for bucket, index in bucket_indices(self.history_len).items()
+            },
+        }
+        examples = self.examples[:num_examples]
+        if examples:
+            result["examples"] = examples
+        return result
 
 
 def evaluate_ranking(
@@ -59,6 +164,40 @@ def evaluate_ranking(
         `prompt_style`; and `by_history_len`: the same metrics plus `num_samples` per history-length bucket
         (`"1-5"`, `"6-10"`, `"11-20"`, `">20"`, non-empty ones only; length of the row's history as given).
     """
+    outcomes = collect_outcomes(
+        model,
+        tokenizer,
+        dataset,
+        item_titles=item_titles,
+        item_texts=item_texts,
+        batch_size=batch_size,
+        answer_mode=answer_mode,
+        prompt_style=prompt_style,
+        hybrid=hybrid,
+        max_length=max_length,
+        max_new_tokens=max_new_tokens,
+        show_progress=show_progress,
+        num_examples=num_examples,
+    )
+    return outcomes.summary(ks)
+
+
+def collect_outcomes(
+    model,
+    tokenizer,
+    dataset: Sequence[dict[str, Any]],
+    item_titles: Sequence[str | None] | None = None,
+    item_texts: Sequence[str | None] | None = None,
+    batch_size: int = 16,
+    answer_mode: str | None = None,
+    prompt_style: str | None = None,
+    hybrid: bool = True,
+    max_length: int | None = None,
+    max_new_tokens: int = 64,
+    show_progress: bool = True,
+    num_examples: int = 0,
+) -> RankingOutcomes:
+    """The per-row outcomes behind `evaluate_ranking` (same arguments, same protocol; see there)."""
     config = model.config
     collator = SpeederDataCollator(
         tokenizer,
@@ -75,7 +214,6 @@ def evaluate_ranking(
     answer_mode = collator.builder.answer_mode
     if answer_mode == "title" and item_titles is None:
         raise ValueError("Title answers are parsed against candidate titles: pass item_titles.")
-    ks = tuple(ks)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
 
     valid, correct, ranks, history_lens, num_candidates, examples = [], [], [], [], set(), []
@@ -131,32 +269,17 @@ def evaluate_ranking(
         raise ValueError(
             f"Rows have different numbers of candidates {sorted(num_candidates)}; metrics would mix protocols."
         )
-    valid, correct, history_lens = np.concatenate(valid), np.concatenate(correct), np.concatenate(history_lens)
-    ranks = np.concatenate(ranks) if ranks else None
-
-    def summarise(index: np.ndarray | slice) -> dict[str, float]:
-        metrics = answer_metrics(valid[index], correct[index])
-        if ranks is not None:
-            # The rank-based HR@1 equals LLaRA's HR@1 here (the answer is the top-ranked candidate, always valid).
-            metrics.update({k: v for k, v in rank_metrics(ranks[index], ks).items() if k != "HR@1"})
-        return metrics
-
     (size,) = num_candidates
-    how = "label scores, one forward pass" if answer_mode == "index" else "greedy title generation, LLaRA parser"
-    result = {
-        **summarise(slice(None)),
-        "num_samples": int(len(valid)),
-        "protocol": f"{size} candidates (target + {size - 1} sampled negatives), {how}",
-        "answer_mode": answer_mode,
-        "prompt_style": collator.builder.prompt_style,
-        "by_history_len": {
-            bucket: {**summarise(index), "num_samples": int(len(index))}
-            for bucket, index in bucket_indices(history_lens).items()
-        },
-    }
-    if examples:
-        result["examples"] = examples
-    return result
+    return RankingOutcomes(
+        valid=np.concatenate(valid),
+        correct=np.concatenate(correct),
+        history_len=np.concatenate(history_lens),
+        ranks=np.concatenate(ranks) if ranks else None,
+        num_candidates=size,
+        answer_mode=answer_mode,
+        prompt_style=collator.builder.prompt_style,
+        examples=examples,
+    )
 
 
-__all__ = ["evaluate_ranking"]
+__all__ = ["RankingOutcomes", "collect_outcomes", "evaluate_ranking"]
