@@ -126,60 +126,24 @@ def evaluate_ranking(
     tokenizer,
     dataset: Sequence[dict[str, Any]],
     item_titles: Sequence[str | None] | None = None,
-    item_texts: Sequence[str | None] | None = None,
-    batch_size: int = 16,
-    answer_mode: str | None = None,
-    prompt_style: str | None = None,
-    hybrid: bool = True,
-    max_length: int | None = None,
-    max_new_tokens: int = 64,
+    *,
     ks: Iterable[int] = (1, 5, 10),
-    show_progress: bool = True,
-    num_examples: int = 0,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Evaluates next-item prediction over each row's candidates, batched.
-
-    - `index` answers: `model.score_candidates` scores every candidate label in one forward pass per batch. The
-      answer is the top-scored candidate (ties count against the target), so every answer is valid
-      (`ValidRatio` = 1, `VHR@1` = `HR@1`), and `HR@K`, `NDCG@K` (K in `ks`) and `MRR` come from the scores.
-    - `title` answers: greedy generation with LLaRA's settings (`do_sample=False`, `num_beams=1`,
-      `max_new_tokens`), first line, LLaRA's parser (`metrics.parse_title_answer`). No scores exist, so only
-      `VHR@1`, `ValidRatio` and `HR@1` are reported.
+    """Evaluates next-item prediction over each row's candidates, batched (protocols and arguments: see
+    `collect_outcomes`; `options` are its other arguments).
 
     Args:
-        model: a `SpeederForSequentialRec` (or a PEFT wrapper of one), with its item feature table set and the
-            modalities to use active (e.g. `model.set_active_modalities(["id"])` for the llara style).
-        tokenizer: the tokenizer saved with the model.
-        dataset: rows (a list or a `datasets.Dataset`) with `history`, `candidates` (target included) and `target`.
-        item_titles, item_texts: per catalog row; needed for titled prompt styles and title answers.
-        answer_mode, prompt_style, hybrid: override the model config's prompt settings.
-        max_length: token budget per prompt (oldest history items are dropped to fit).
-        ks: cut-offs of `HR@K` / `NDCG@K`.
-        num_examples: in title mode, how many of the first rows' generated answers to return (to see why answers
-            are invalid).
+        ks: cut-offs of `HR@K` / `NDCG@K` (index answers).
 
     Returns:
         `VHR@1`, `ValidRatio`, `HR@1` (LLaRA: correct / valid), in index mode also `HR@K`, `NDCG@K`, `MRR`
         (over all samples); `num_samples`; `protocol` (candidate set size and answer mode); `answer_mode`;
-        `prompt_style`; and `by_history_len`: the same metrics plus `num_samples` per history-length bucket
-        (`"1-5"`, `"6-10"`, `"11-20"`, `">20"`, non-empty ones only; length of the row's history as given).
+        `prompt_style`; `by_history_len`: the same metrics plus `num_samples` per history-length bucket
+        (`"1-5"`, `"6-10"`, `"11-20"`, `">20"`, non-empty ones only; length of the row's history as given); and, in
+        title mode with `num_examples`, `examples`.
     """
-    outcomes = collect_outcomes(
-        model,
-        tokenizer,
-        dataset,
-        item_titles=item_titles,
-        item_texts=item_texts,
-        batch_size=batch_size,
-        answer_mode=answer_mode,
-        prompt_style=prompt_style,
-        hybrid=hybrid,
-        max_length=max_length,
-        max_new_tokens=max_new_tokens,
-        show_progress=show_progress,
-        num_examples=num_examples,
-    )
-    return outcomes.summary(ks)
+    return collect_outcomes(model, tokenizer, dataset, item_titles, **options).summary(ks)
 
 
 def collect_outcomes(
@@ -197,7 +161,30 @@ def collect_outcomes(
     show_progress: bool = True,
     num_examples: int = 0,
 ) -> RankingOutcomes:
-    """The per-row outcomes behind `evaluate_ranking` (same arguments, same protocol; see there)."""
+    """Answers each row's candidates, batched, and returns the per-row outcomes (`evaluate_ranking` summarises them).
+
+    - `index` answers: `model.score_candidates` scores every candidate label in one forward pass per batch. The
+      answer is the top-scored candidate (ties count against the target), so every answer is valid and the
+      target's rank among the scores is kept (for `HR@K`, `NDCG@K`, `MRR`).
+    - `title` answers: greedy generation with LLaRA's settings (`do_sample=False`, `num_beams=1`,
+      `max_new_tokens`), first line, LLaRA's parser (`metrics.parse_title_answer`). No scores exist, so only
+      validity and correctness are kept.
+
+    Args:
+        model: a `SpeederForSequentialRec` (or a PEFT wrapper of one), with its item feature table set and the
+            modalities to use active (e.g. `model.set_active_modalities(["id"])` for the llara style).
+        tokenizer: the tokenizer saved with the model.
+        dataset: rows (a list or a `datasets.Dataset`) with `history`, `candidates` (target included) and `target`.
+        item_titles, item_texts: per catalog row; needed for titled prompt styles and title answers.
+        answer_mode, prompt_style, hybrid: override the model config's prompt settings.
+        max_length: token budget per prompt (oldest history items are dropped to fit).
+        num_examples: in title mode, how many of the first rows' generated answers to keep (to see why answers
+            are invalid).
+
+    Raises:
+        ValueError: on an empty dataset, rows with different numbers of candidates, or title answers without
+            `item_titles`.
+    """
     config = model.config
     collator = SpeederDataCollator(
         tokenizer,
