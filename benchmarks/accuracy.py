@@ -213,7 +213,9 @@ def evaluate_llm(
         key = rows_fingerprint(rows)
         path = folder / f"rows-{begin:06d}.json"
         saved = json.loads(path.read_text()) if path.is_file() else None
-        if saved is None or saved["rows"] != key:
+        if saved is not None and saved["rows"] == key:
+            outcomes = RankingOutcomes.from_dict(saved)
+        else:
             started = time.perf_counter()
             outcomes = collect_outcomes(
                 model,
@@ -231,7 +233,7 @@ def evaluate_llm(
             elapsed = round(time.perf_counter() - started, 1)
             saved = {"rows": key, "sitting": sitting, "commit": commit, "seconds": elapsed, **outcomes.to_dict()}
             write_json(path, saved)
-        parts.append(RankingOutcomes.from_dict(saved))
+        parts.append(outcomes)
         seconds += saved["seconds"]
         sittings.add(saved["sitting"])
     metrics = RankingOutcomes.concatenate(parts).summary(num_examples=NUM_EXAMPLES)

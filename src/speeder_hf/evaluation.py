@@ -47,7 +47,7 @@ class RankingOutcomes:
         """The outcomes of the parts' rows, in order. Raises ValueError if the parts were evaluated differently."""
         if not parts:
             raise ValueError("No outcomes to concatenate.")
-        protocols = {(p.num_candidates, p.answer_mode, p.prompt_style, p.ranks is None) for p in parts}
+        protocols = {(p.num_candidates, p.answer_mode, p.prompt_style) for p in parts}
         if len(protocols) > 1:
             raise ValueError(f"Outcomes under different protocols cannot be combined: {sorted(protocols)}.")
         first = parts[0]
