@@ -80,7 +80,8 @@ def test_output_format_and_scores(pipe, bundle):
     recommender = pipe.recommender
     request = recommender.prepare(["I4"], ["I5", "title 8", "I10"])
     batch = recommender.collator([{"history": [4], "candidates": [5, 8, 10], "target": 5}])
-    expected = model.score_candidates(num_candidates=3, **batch)[0].softmax(-1)
+    batch = {key: value.to(model.device) for key, value in batch.items()}  # the pipeline takes a visible GPU
+    expected = model.score_candidates(num_candidates=3, **batch)[0].softmax(-1).cpu()
     assert request.candidates == [5, 8, 10]
     torch.testing.assert_close(recommender.score([request])[0], expected)
 

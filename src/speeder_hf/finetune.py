@@ -133,7 +133,8 @@ def cached_sasrec(
     cache_dir: str | None = None,
 ) -> tuple[SASRec, int]:
     """`train_sasrec(train_sequences, num_items, validation, **settings)`, cached on disk (safetensors + JSON) under
-    a key of the settings and the exact sequences, so a rerun of the same job skips the training."""
+    a key of the settings and the exact sequences, so a rerun of the same job skips the training. The model comes
+    back on the CPU either way (it trains on CUDA when one is visible), so a cached and a fresh run agree."""
     payload = json.dumps([settings, num_items, sorted(train_sequences.items())])
     key = hashlib.sha256(payload.encode()).hexdigest()[:32]
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -145,7 +146,7 @@ def cached_sasrec(
         result = train_sasrec(train_sequences, num_items, validation, **settings)
     result.model.save_pretrained(folder)
     (folder / "best_epoch.json").write_text(json.dumps(result.best_epoch))  # written last: marks a complete entry
-    return result.model, result.best_epoch
+    return result.model.cpu(), result.best_epoch
 
 
 @contextmanager
