@@ -8,7 +8,8 @@ import torch
 
 from speeder_hf.catalog import ItemCatalog
 from speeder_hf.data import RecDataset, make_split, training_sequences
-from speeder_hf.sasrec import SASRec, _left_pad, evaluate_sasrec, sasrec_item_features, train_sasrec
+from speeder_hf.modeling_sasrec import left_pad
+from speeder_hf.sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
 
 NUM_ITEMS = 24
 
@@ -22,13 +23,13 @@ def cyclic_rec() -> RecDataset:
 def test_padding_does_not_change_hidden_states():
     torch.manual_seed(0)
     model = SASRec(NUM_ITEMS, hidden_size=16, num_layers=2, num_heads=2, max_len=8).eval()
-    alone = model(_left_pad([[3, 4, 5]], "cpu"))[0]  # (3, d)
-    padded = model(_left_pad([[3, 4, 5], [1, 2, 3, 4, 5, 6]], "cpu"))[0, -3:]
+    alone = model(left_pad([[3, 4, 5]], "cpu"))[0]  # (3, d)
+    padded = model(left_pad([[3, 4, 5], [1, 2, 3, 4, 5, 6]], "cpu"))[0, -3:]
     torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
     # causal: the state at item 4 ignores the item after it
-    torch.testing.assert_close(model(_left_pad([[3, 4, 9]], "cpu"))[0, :2], alone[:2], atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(model(_left_pad([[3, 4, 9]], "cpu"))[0, 2], alone[2])
-    assert torch.isfinite(model(_left_pad([[1], [1, 2, 3, 4, 5]], "cpu"))).all()
+    torch.testing.assert_close(model(left_pad([[3, 4, 9]], "cpu"))[0, :2], alone[:2], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(model(left_pad([[3, 4, 9]], "cpu"))[0, 2], alone[2])
+    assert torch.isfinite(model(left_pad([[1], [1, 2, 3, 4, 5]], "cpu"))).all()
     with pytest.raises(ValueError, match="reads at most 8 items"):
         model(torch.ones(1, 9, dtype=torch.long))
     with pytest.raises(ValueError, match="empty history"):

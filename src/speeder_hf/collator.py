@@ -11,6 +11,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .configuration_speeder import SpeederConfig
+from .modeling_sasrec import left_pad
 from .prompts import PromptBuilder, RenderedPrompt
 from .spae import check_tokenizer
 
@@ -52,6 +53,9 @@ class SpeederDataCollator:
         - `item_ids`, `item_recency`: `(n,)`, one catalog row per item slot in row-major placeholder order (each
           slot is `num_item_tokens` placeholders); absent when the prompts have no slots. In the `mllm` style each
           slot also has `config.num_image_tokens` image placeholders, filled by the model from the same row.
+        - for a model with a collaborative prior (`config.uses_collaborative_prior`): `prior_history` `(B, L)`, each
+          row's last `L` history items (at most the prior's SASRec `max_len`) as SASRec tokens (catalog row + 1),
+          left-padded with 0, and `candidate_ids` `(B, C)`, the candidates' catalog rows in presented (label) order.
         - with `return_metadata`: `candidate_items` `(B, C)` in presented order, `target_index` `(B,)` and
           `history_len` `(B,)` (length of the row's history as given, before any truncation). The model must not
           receive these: take them out with `pop_metadata`.
@@ -192,6 +196,8 @@ class SpeederDataCollator:
             batch["item_recency"] = torch.tensor(  # (n,)
                 [r for e in encoded for r in e.rendered.slot_recency], dtype=torch.long
             )
+        if self.config.uses_collaborative_prior:
+            batch.update(self._prior_inputs(features, encoded))
         if self.return_metadata:
             sizes = {len(e.rendered.candidates) for e in encoded}
             if len(sizes) > 1:
@@ -200,6 +206,15 @@ class SpeederDataCollator:
             batch["target_index"] = torch.tensor([e.rendered.target_index for e in encoded], dtype=torch.long)
             batch["history_len"] = torch.tensor([len(row["history"]) for row in features], dtype=torch.long)
         return batch
+
+    def _prior_inputs(self, features: list[dict[str, Any]], encoded: list[EncodedRow]) -> dict[str, torch.Tensor]:
+        max_len = self.config.collaborative_prior["max_len"]
+        tokens = left_pad([[int(i) for i in row["history"]][-max_len:] for row in features], "cpu")
+        width = max(len(e.rendered.candidates) for e in encoded)
+        candidates = torch.full((len(encoded), width), -1, dtype=torch.long)  # -1: the row shows fewer
+        for i, e in enumerate(encoded):
+            candidates[i, : len(e.rendered.candidates)] = torch.tensor(e.rendered.candidates)
+        return {"prior_history": tokens, "candidate_ids": candidates}  # (B, L), (B, C)
 
 
 __all__ = ["IGNORE_INDEX", "EncodedRow", "SpeederDataCollator"]

@@ -58,6 +58,10 @@ class SpeederConfig(PretrainedConfig):
             `speeder` style, or `llara` with hybrid prompts); no effect in title mode.
         candidate_pointer_dim (`int`):
             Rank of the pointer's query and key projections.
+        collaborative_prior (`dict`, *optional*):
+            The constructor arguments of a SASRec network (`SASRecNetwork.settings`) whose candidate scores enter
+            the candidate label scores with a learned weight (see `collaborative_prior`); set by
+            `SpeederForSequentialRec.set_collaborative_prior`. Index answers only. None: no prior.
         mrc_aux_loss_weight (`float`):
             Weight of the gate load-balancing loss added to the LM loss (0 turns it off).
         item_token_norm (`float`, *optional*):
@@ -106,6 +110,7 @@ class SpeederConfig(PretrainedConfig):
         answer_loss: str = "labels",
         candidate_pointer: bool = True,
         candidate_pointer_dim: int = 256,
+        collaborative_prior: dict[str, Any] | None = None,
         item_token_norm: float | None = None,
         max_history_len: int = 20,
         spae_absolute: bool = True,
@@ -159,6 +164,7 @@ class SpeederConfig(PretrainedConfig):
         self.answer_loss = answer_loss
         self.candidate_pointer = candidate_pointer
         self.candidate_pointer_dim = candidate_pointer_dim
+        self.collaborative_prior = dict(collaborative_prior) if collaborative_prior is not None else None
         self.item_token_norm = item_token_norm
         self.max_history_len = max_history_len
         self.spae_absolute = spae_absolute
@@ -186,6 +192,11 @@ class SpeederConfig(PretrainedConfig):
     def uses_candidate_pointer(self) -> bool:
         """Whether the model scores index answers with the candidate pointer (index mode, item-slot prompts)."""
         return self.candidate_pointer and self.answer_mode == "index" and self.prompt_style != "text"
+
+    @property
+    def uses_collaborative_prior(self) -> bool:
+        """Whether candidate scores include the SASRec prior (a prior is set and answers are index labels)."""
+        return self.collaborative_prior is not None and self.answer_mode == "index"
 
     def modality_dim(self, modality: str) -> int:
         return self.modality_dims[self.modalities.index(modality)]

@@ -4,6 +4,7 @@ absolute and relative position cues (SPAE), and picks the next item among labell
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import logging
 
 from .candidate_pointer import CandidatePointer
+from .collaborative_prior import CollaborativePrior
 from .configuration_speeder import SpeederConfig
 from .item_features import ItemFeatureTable, check_finite
 from .mrc import MixtureOfModalityExperts
@@ -29,6 +31,16 @@ class SpeederCausalLMOutput(CausalLMOutputWithPast):
     aux_loss: torch.FloatTensor | None = None
 
 
+class CandidateInputs(NamedTuple):
+    """What the candidate scores beyond the LM head read: the pointer finds candidate slots in `input_ids` `(B, S)`
+    by `item_recency` `(n,)`; the prior reads SASRec tokens `prior_history` `(B, L)` and `candidate_ids` `(B, C)`."""
+
+    input_ids: torch.LongTensor | None
+    item_recency: torch.LongTensor | None
+    prior_history: torch.LongTensor | None
+    candidate_ids: torch.LongTensor | None
+
+
 class SpeederPreTrainedModel(PreTrainedModel):
     config_class = SpeederConfig
     base_model_prefix = "language_model"
@@ -43,6 +55,8 @@ class SpeederPreTrainedModel(PreTrainedModel):
             init.normal_(module.query, std=module.query.shape[1] ** -0.5)
             # A zero key: a fresh pointer adds nothing to the label logits.
             init.zeros_(module.key)
+        if isinstance(module, CollaborativePrior):
+            init.ones_(module.weight)  # start from SASRec's own scores
 
 
 class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
@@ -52,8 +66,11 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
     Placeholders `<item>` in `input_ids` are replaced, in row-major order, by the compressed tokens of the
     items given as catalog rows (`item_ids`) or as explicit per-slot features (`item_features`).
 
-    In index mode with `config.candidate_pointer`, candidate label scores are the LM head's label logits plus the
-    `candidate_pointer` scores; they enter the training loss (at labelled positions) and `score_candidates`.
+    In index mode, candidate label scores are the LM head's label logits, plus the `candidate_pointer` scores
+    (`config.candidate_pointer`), plus the `collaborative_prior`'s weighted SASRec scores (once
+    `set_collaborative_prior` gave it a SASRec); they enter the training loss (at labelled positions) and
+    `score_candidates`. The prior reads `prior_history` `(B, L)` and `candidate_ids` `(B, C)`, which
+    `SpeederDataCollator` emits for such a model.
     """
 
     def __init__(self, config: SpeederConfig):
@@ -63,6 +80,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         self.spae = SequentialPositionEncoding(config)
         self.item_table = ItemFeatureTable(config)
         self.candidate_pointer = CandidatePointer(config) if config.uses_candidate_pointer else None
+        self.collaborative_prior = CollaborativePrior(config) if config.uses_collaborative_prior else None
         self.active_modalities = list(config.modalities)
         self.post_init()
 
@@ -96,6 +114,24 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                 rows = torch.randint(0, embeddings.shape[0], (model.spae.absolute.num_embeddings,))
                 model.spae.absolute.weight.copy_(embeddings[rows])
         return model
+
+    def set_collaborative_prior(self, sasrec: nn.Module) -> None:
+        """Adds the collaborative prior, a frozen copy of a trained SASRec (`SASRecNetwork`, e.g.
+        [`speeder_hf.SASRec`]) over the same catalog rows, with its weight at 1. On a model that has a prior already,
+        the SASRec is replaced and the learned weight kept."""
+        if self.config.answer_mode != "index":
+            raise ValueError("The collaborative prior scores candidate labels; it needs answer_mode='index'.")
+        if self.config.num_items and sasrec.num_items != self.config.num_items:
+            raise ValueError(
+                f"The SASRec covers {sasrec.num_items} items but the model's catalog has {self.config.num_items}; "
+                "train the SASRec on the same catalog rows."
+            )
+        self.config.collaborative_prior = dict(sasrec.settings)
+        prior = CollaborativePrior(self.config)
+        prior.sasrec.load_state_dict(sasrec.state_dict())
+        if self.collaborative_prior is not None:
+            prior.weight.data.copy_(self.collaborative_prior.weight.detach())
+        self.collaborative_prior = prior.to(device=self.device, dtype=self.mrc.norm.weight.dtype)
 
     def set_item_features(self, features: dict[str, torch.Tensor], presence: torch.Tensor) -> None:
         """Installs a catalog's feature table (`features[m]`: `(N, d_m)`, `presence`: `(N, M)` bool)."""
@@ -206,6 +242,8 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         item_presence: torch.BoolTensor | None = None,
         item_recency: torch.LongTensor | None = None,
         item_time_gaps: torch.LongTensor | None = None,
+        prior_history: torch.LongTensor | None = None,
+        candidate_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> SpeederCausalLMOutput:
@@ -215,10 +253,11 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                 input_ids, item_ids, item_features, item_presence, item_recency, item_time_gaps
             )
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        labelled_only = self.config.labelled_logits_only or self._label_softmax or self.candidate_pointer is not None
+        labelled_only = self.config.labelled_logits_only or self._label_softmax or self._adds_candidate_scores
         if labels is not None and labelled_only and "logits_to_keep" not in kwargs:
+            candidate_inputs = CandidateInputs(input_ids, item_recency, prior_history, candidate_ids)
             outputs, n_labelled = self._labelled_positions_loss(
-                input_ids, item_recency, inputs_embeds, attention_mask, labels, num_items_in_batch, kwargs
+                candidate_inputs, inputs_embeds, attention_mask, labels, num_items_in_batch, kwargs
             )
         else:
             if num_items_in_batch is not None:
@@ -237,28 +276,27 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         return SpeederCausalLMOutput(**outputs, gate_weights=gate_weights, aux_loss=aux_loss)
 
     def _labelled_positions_loss(
-        self, input_ids, item_recency, inputs_embeds, attention_mask, labels, num_items_in_batch, kwargs
+        self, candidate_inputs, inputs_embeds, attention_mask, labels, num_items_in_batch, kwargs
     ):
         """LM loss with logits built only at positions that predict a labelled token.
 
         Recommendation prompts label one answer (a label token or a title) after a long prompt, so projecting every
         position onto the vocabulary, as the inner LM would, is mostly wasted: for SmolLM2 the LM head costs as much
         as 8 of its 30 layers per position. Returned logits are `(B, K, V)` for the K kept positions (with the
-        candidate pointer's scores added on the label columns when the model has one).
+        candidate pointer's and the collaborative prior's scores added on the label columns when the model has them).
         """
         shifted = nn.functional.pad(labels[:, 1:], (0, 1), value=-100)  # (B, S): the token each position predicts
         keep = (shifted != -100).any(0).nonzero().flatten()  # (K,) positions any row needs
         outputs = self._run_language_model(inputs_embeds, attention_mask, keep, kwargs)
         targets = shifted[:, keep]  # (B, K)
         n_labelled = int((targets != -100).sum())
-        if self.candidate_pointer is not None:
-            if input_ids is None:
-                raise ValueError("The candidate pointer finds candidate slots in input_ids; pass input_ids.")
-            hidden = outputs.hidden_states[-1]  # (B, S, d)
-            outputs.logits = self._add_pointer_scores(
-                outputs.logits, hidden[:, keep], hidden, input_ids, item_recency, self.config.num_candidates
+        if self._adds_candidate_scores:
+            hidden = outputs.hidden_states[-1] if self.candidate_pointer is not None else None  # (B, S, d)
+            answer_hidden = hidden[:, keep] if hidden is not None else None
+            outputs.logits = self._add_candidate_scores(
+                outputs.logits, answer_hidden, hidden, candidate_inputs, self.config.num_candidates
             )
-            if not kwargs.get("output_hidden_states"):  # asked for by the pointer, not by the caller
+            if hidden is not None and not kwargs.get("output_hidden_states"):  # asked for by the pointer only
                 outputs = CausalLMOutputWithPast(**{k: v for k, v in outputs.items() if k != "hidden_states"})
         logits = outputs.logits
         if self._label_softmax:
@@ -279,20 +317,43 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, logits_to_keep=logits_to_keep, **kwargs
         )
 
-    def _add_pointer_scores(
+    @property
+    def _adds_candidate_scores(self) -> bool:
+        return self.candidate_pointer is not None or self.collaborative_prior is not None
+
+    def _add_candidate_scores(
         self,
         logits: torch.Tensor,
-        answer_hidden: torch.Tensor,
-        hidden_states: torch.Tensor,
-        input_ids: torch.LongTensor,
-        item_recency: torch.LongTensor | None,
+        answer_hidden: torch.Tensor | None,
+        hidden_states: torch.Tensor | None,
+        inputs: CandidateInputs,
         num_candidates: int,
     ) -> torch.Tensor:
-        """Adds the pointer's `(B, K, C)` scores to the label columns of `logits` `(B, K, V)`."""
-        positions, valid = self.candidate_pointer.candidate_positions(input_ids, item_recency, num_candidates)
-        scores = self.candidate_pointer(answer_hidden, hidden_states, positions, valid)  # (B, K, C)
+        """Adds the pointer's `(B, K, C)` and the prior's `(B, C)` scores to the label columns of `logits`
+        `(B, K, V)`, for the parts the model has."""
         label_ids = self._label_ids(num_candidates, logits.device)
-        return logits.index_add(-1, label_ids, scores.to(logits.dtype))
+        if self.candidate_pointer is not None:
+            if inputs.input_ids is None:
+                raise ValueError("The candidate pointer finds candidate slots in input_ids; pass input_ids.")
+            positions, valid = self.candidate_pointer.candidate_positions(
+                inputs.input_ids, inputs.item_recency, num_candidates
+            )
+            scores = self.candidate_pointer(answer_hidden, hidden_states, positions, valid)  # (B, K, C)
+            logits = logits.index_add(-1, label_ids, scores.to(logits.dtype))
+        if self.collaborative_prior is not None:
+            if inputs.prior_history is None or inputs.candidate_ids is None:
+                raise ValueError(
+                    "This model has a collaborative prior: pass prior_history and candidate_ids, as "
+                    "SpeederDataCollator emits them for it."
+                )
+            if inputs.candidate_ids.shape[1] > num_candidates:
+                raise ValueError(
+                    f"candidate_ids has {inputs.candidate_ids.shape[1]} columns, more than {num_candidates} labels."
+                )
+            prior = self.collaborative_prior(inputs.prior_history, inputs.candidate_ids)  # (B, C')
+            prior = prior.unsqueeze(1).expand(-1, logits.shape[1], -1)  # (B, K, C')
+            logits = logits.index_add(-1, label_ids[: prior.shape[-1]], prior.to(logits.dtype))
+        return logits
 
     def _label_ids(self, num_candidates: int, device: torch.device) -> torch.LongTensor:
         """`(C,)` token ids of the first `num_candidates` candidate labels."""
@@ -339,15 +400,16 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
     ) -> torch.LongTensor:
         """Generates from left-padded prompts; the splice runs once, on the prompt. Returns only the new tokens.
 
-        With the candidate pointer (index answers), generated labels come from the LM head alone: take index answers
-        from [`score_candidates`], which adds the pointer's scores.
+        With the candidate pointer or the collaborative prior (index answers), generated labels come from the LM head
+        alone: take index answers from [`score_candidates`], which adds their scores.
         """
-        if self.candidate_pointer is not None:
+        if self._adds_candidate_scores:
             logger.warning_once(
-                "generate() picks tokens with the LM head alone and ignores the candidate pointer; take index answers "
-                "from score_candidates() (as evaluate_ranking and the pipeline do)."
+                "generate() picks tokens with the LM head alone and ignores the candidate pointer and prior; take "
+                "index answers from score_candidates() (as evaluate_ranking and the pipeline do)."
             )
-        generate_kwargs.pop("token_type_ids", None)
+        for key in ("token_type_ids", "prior_history", "candidate_ids"):  # the prior scores labels, not tokens
+            generate_kwargs.pop(key, None)
         if attention_mask is not None and (attention_mask[:, -1] == 0).any():
             raise ValueError("generate needs left-padded prompts (tokenizer.padding_side = 'left').")
         inputs_embeds, _ = self.embed_inputs(
@@ -367,6 +429,8 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         num_candidates: int | None = None,
+        prior_history: torch.LongTensor | None = None,
+        candidate_ids: torch.LongTensor | None = None,
         **item_kwargs,
     ) -> torch.Tensor:
         """Scores of each candidate label at the answer position, `(B, C)`, from one forward pass.
@@ -384,12 +448,11 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         # Logits only at the answer positions: the LM head over the whole prompt would cost more than many layers.
         outputs = self._run_language_model(inputs_embeds, attention_mask, kept, {"use_cache": False})
         logits = outputs.logits[rows, torch.searchsorted(kept, answer)].unsqueeze(1)  # (B, 1, V)
-        if self.candidate_pointer is not None:
-            hidden = outputs.hidden_states[-1]  # (B, S, d)
-            answer_hidden = hidden[rows, answer].unsqueeze(1)  # (B, 1, d)
-            logits = self._add_pointer_scores(
-                logits, answer_hidden, hidden, input_ids, item_kwargs.get("item_recency"), num_candidates
-            )
+        if self._adds_candidate_scores:
+            hidden = outputs.hidden_states[-1] if self.candidate_pointer is not None else None  # (B, S, d)
+            answer_hidden = hidden[rows, answer].unsqueeze(1) if hidden is not None else None  # (B, 1, d)
+            inputs = CandidateInputs(input_ids, item_kwargs.get("item_recency"), prior_history, candidate_ids)
+            logits = self._add_candidate_scores(logits, answer_hidden, hidden, inputs, num_candidates)
         return logits[:, 0, self._label_ids(num_candidates, input_ids.device)].float()
 
 

@@ -51,7 +51,8 @@ class Stage:
         name: stage name (letters, digits, `+ - _ .`), used in its output folder `stage-<i>-<name>`.
         modalities: modalities the model uses during the stage.
         train: parameter groups that train, among `"mrc"` (experts + gate + norm), `"spae"` (position and recency
-            embeddings), `"head"` (the candidate pointer, when the model has one), `"lora"` (adapters) and `"llm"`
+            embeddings), `"head"` (the candidate pointer and the collaborative prior's weight, when the model has
+            them), `"lora"` (adapters) and `"llm"`
             (the language model's own weights, only without LoRA); all other parameters are frozen.
         lora: wrap the model with `apply_lora` at this stage if it is not wrapped yet; later stages keep the adapters.
         learning_rate: peak learning rate of the stage's schedule.
@@ -161,6 +162,8 @@ def parameter_group(name: str) -> str | None:
         return "llm"
     if top == "candidate_pointer":
         return "head"
+    if top == "collaborative_prior":
+        return None if ".sasrec." in name else "head"  # SASRec stays frozen; its learned weight trains
     return top if top in ("mrc", "spae") else None
 
 

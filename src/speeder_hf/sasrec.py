@@ -1,16 +1,13 @@
 """SASRec (Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018): the collaborative model
 whose item embeddings form the catalog's `id` modality (as in LLaRA, the static item-ID embedding, not a
-contextual state), and the classic baseline on the same candidates.
-
-Inputs are catalog rows shifted by one (row `i` is token `i + 1`; 0 pads), left-padded. Positions count back from
-the most recent item, so a batch may be padded to its own longest history.
+contextual state), whose scores are Speeder's collaborative prior, and the classic baseline on the same
+candidates. The network itself is `speeder_hf.modeling_sasrec`; this module trains, evaluates and loads it.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,95 +20,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .metrics import rank_metrics, target_ranks
+from .modeling_sasrec import SASRecNetwork, left_pad
 
 logger = logging.getLogger(__name__)
 
 LOSSES = ("ce", "sampled", "bce")
 
 
-class SASRec(nn.Module, PyTorchModelHubMixin, library_name="speeder_hf", tags=["sasrec", "sequential-recommendation"]):
-    """Causal self-attention over item embeddings; the score of item `j` after a history is the dot product of the
-    last hidden state with item `j`'s embedding (shared input/output embeddings).
-
-    `save_pretrained(dir)` / `SASRec.from_pretrained(dir)` (from `PyTorchModelHubMixin`) write and read
-    `config.json` + `model.safetensors`.
-
-    Args:
-        num_items: catalog size N.
-        hidden_size: embedding and hidden size (the `id` modality's dimension).
-        num_layers, num_heads: transformer blocks and attention heads.
-        max_len: most recent history items read.
-        dropout: dropout on embeddings, attention and feed-forward.
-    """
-
-    def __init__(
-        self,
-        num_items: int,
-        hidden_size: int = 64,
-        num_layers: int = 2,
-        num_heads: int = 1,
-        max_len: int = 50,
-        dropout: float = 0.2,
-    ):
-        super().__init__()
-        self.num_items, self.max_len, self.num_heads = num_items, max_len, num_heads
-        self.item_embedding = nn.Embedding(num_items + 1, hidden_size, padding_idx=0)
-        self.position_embedding = nn.Embedding(max_len, hidden_size)
-        self.dropout = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(
-            hidden_size, num_heads, dim_feedforward=hidden_size, dropout=dropout, batch_first=True, norm_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
-        self.final_norm = nn.LayerNorm(hidden_size)
-        nn.init.normal_(self.item_embedding.weight, std=hidden_size**-0.5)
-        nn.init.normal_(self.position_embedding.weight, std=hidden_size**-0.5)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
-
-    def forward(self, tokens: torch.LongTensor) -> torch.Tensor:
-        """Hidden states `(B, L, d)` of left-padded token sequences `(B, L)` (token = catalog row + 1, 0 = pad);
-        position `t` sees positions `<= t` only."""
-        batch, length = tokens.shape
-        if length > self.max_len:
-            raise ValueError(f"SASRec reads at most {self.max_len} items, got sequences of {length}.")
-        positions = torch.arange(length - 1, -1, -1, device=tokens.device)  # 0 = most recent
-        x = self.item_embedding(tokens) * math.sqrt(self.item_embedding.embedding_dim) + self.position_embedding(
-            positions
-        )
-        x = self.dropout(x) * (tokens != 0).unsqueeze(-1)
-        # True = may not attend. Real items see earlier real items; a pad sees only itself, so no softmax row is
-        # empty (which would give NaN that then leaks through the values).
-        causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).triu(1)  # (L, L)
-        pad_key = (tokens == 0).unsqueeze(1)  # (B, 1, L)
-        eye = torch.eye(length, dtype=torch.bool, device=tokens.device)
-        blocked = (causal | pad_key) & ~eye  # (B, L, L)
-        blocked = blocked.repeat_interleave(self.num_heads, dim=0)  # (B * heads, L, L)
-        return self.final_norm(self.encoder(x, mask=blocked))
-
-    def item_embeddings(self) -> torch.Tensor:
-        """`(N, d)` embeddings of catalog rows 0..N-1 (the padding row removed)."""
-        return self.item_embedding.weight[1:]
-
-    def score_all(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Scores `(..., N)` of every catalog item from hidden states `(..., d)`."""
-        return hidden @ self.item_embeddings().T
-
-    @torch.no_grad()
-    def last_hidden(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
-        """`(B, d)` state after each history (catalog rows, oldest first; the last `max_len` items are read)."""
-        device = self.item_embedding.weight.device
-        return self(_left_pad([h[-self.max_len :] for h in histories], device))[:, -1]
-
-
-def _left_pad(rows: Sequence[Sequence[int]], device: torch.device | str, shift: int = 1) -> torch.LongTensor:
-    """`(B, L)` tokens `row + shift`, left-padded with 0 to the longest sequence."""
-    if any(len(r) == 0 for r in rows):
-        raise ValueError("SASRec needs at least one history item per sequence (got an empty history).")
-    length = max(len(r) for r in rows)
-    out = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, length - len(r) :] = torch.as_tensor(r, dtype=torch.long) + shift
-    return out.to(device)
+class SASRec(
+    SASRecNetwork, PyTorchModelHubMixin, library_name="speeder_hf", tags=["sasrec", "sequential-recommendation"]
+):
+    """[`SASRecNetwork`] with Hub loading: `save_pretrained(dir)` / `SASRec.from_pretrained(dir)` (from
+    `PyTorchModelHubMixin`) write and read `config.json` + `model.safetensors`."""
 
 
 # ----- training ---------------------------------------------------------------------------------------------------
@@ -187,8 +107,8 @@ def train_sasrec(
         model.train()
         total, count = 0.0, 0
         for batch in _batches(sequences, batch_size, rng):
-            inputs = _left_pad([s[:-1] for s in batch], device)  # (B, L)
-            targets = _left_pad([s[1:] for s in batch], device, shift=0)  # (B, L) catalog rows
+            inputs = left_pad([s[:-1] for s in batch], device)  # (B, L)
+            targets = left_pad([s[1:] for s in batch], device, shift=0)  # (B, L) catalog rows
             valid = inputs != 0  # (B, L)
             hidden = model(inputs)[valid]  # (P, d) over real positions
             positives = targets[valid]  # (P,)
@@ -257,7 +177,6 @@ def _batches(
 
 
 # ----- evaluation and export --------------------------------------------------------------------------------------
-@torch.no_grad()
 def evaluate_sasrec(
     model: SASRec,
     samples: datasets.Dataset,
@@ -275,6 +194,29 @@ def evaluate_sasrec(
     - Full ranking: the target's rank among all items except those in the row's history, keys prefixed
       `full_`.
     """
+    candidate_ranks, full_ranks = sasrec_ranks(
+        model, samples, candidates=candidates, full_ranking=full_ranking, batch_size=batch_size, progress=progress
+    )
+    metrics = {"num_samples": len(samples)}
+    if candidate_ranks is not None:
+        metrics.update(rank_metrics(candidate_ranks, ks))
+    if full_ranks is not None:
+        metrics.update({f"full_{k}": v for k, v in rank_metrics(full_ranks, ks).items()})
+    return metrics
+
+
+@torch.no_grad()
+def sasrec_ranks(
+    model: SASRec,
+    samples: datasets.Dataset,
+    *,
+    candidates: bool = True,
+    full_ranking: bool = True,
+    batch_size: int = 512,
+    progress: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per row, the target's 0-based rank among the row's candidates and among all items but the history's (None
+    for a protocol not asked for); see [`evaluate_sasrec`]."""
     model.eval()
     histories, targets = list(samples["history"][:]), list(samples["target"][:])
     rows = list(samples["candidates"][:]) if candidates else None
@@ -296,12 +238,10 @@ def evaluate_sasrec(
             for i, (h, t) in enumerate(zip(history, targets[start : start + batch_size])):
                 scores[i, [j for j in h if j != t]] = -torch.inf
             full_ranks.append(target_ranks(scores, target))
-    metrics = {"num_samples": len(histories)}
-    if candidate_ranks:
-        metrics.update(rank_metrics(np.concatenate(candidate_ranks), ks))
-    if full_ranks:
-        metrics.update({f"full_{k}": v for k, v in rank_metrics(np.concatenate(full_ranks), ks).items()})
-    return metrics
+    return (
+        np.concatenate(candidate_ranks) if candidate_ranks else None,
+        np.concatenate(full_ranks) if full_ranks else None,
+    )
 
 
 def sasrec_item_features(
@@ -317,4 +257,12 @@ def sasrec_item_features(
     return model.item_embeddings().detach().float().cpu().numpy(), present
 
 
-__all__ = ["LOSSES", "SASRec", "SASRecTrainingResult", "evaluate_sasrec", "sasrec_item_features", "train_sasrec"]
+__all__ = [
+    "LOSSES",
+    "SASRec",
+    "SASRecTrainingResult",
+    "evaluate_sasrec",
+    "sasrec_item_features",
+    "sasrec_ranks",
+    "train_sasrec",
+]
