@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
@@ -62,20 +63,30 @@ from common import (  # noqa: E402
     write_tiny_backbone,
 )
 
-from speeder_hf.data import CandidateSamplingDataset, make_split  # noqa: E402
+from speeder_hf import SpeederConfig  # noqa: E402
+from speeder_hf.collaborative_prior import CollaborativePrior  # noqa: E402
+from speeder_hf.data import CandidateSamplingDataset, last_training_rows, make_split  # noqa: E402
 from speeder_hf.evaluation import RankingOutcomes, collect_outcomes  # noqa: E402
+from speeder_hf.finetune import PRIOR_FIT_ROWS  # noqa: E402
 from speeder_hf.lora import merge_lora  # noqa: E402
-from speeder_hf.metrics import bucket_indices  # noqa: E402
+from speeder_hf.metrics import bucket_indices, mcnemar_test, rank_metrics, target_ranks  # noqa: E402
+from speeder_hf.modeling_sasrec import left_pad  # noqa: E402
 from speeder_hf.mpo import has_progress  # noqa: E402
-from speeder_hf.sasrec import evaluate_sasrec  # noqa: E402
+from speeder_hf.prior_calibration import fit_prior_weight  # noqa: E402
+from speeder_hf.sasrec import sasrec_ranks  # noqa: E402
 
 logger = logging.getLogger("benchmarks.accuracy")
+
+PRIOR = "prior"  # the collaborative prior alone: SASRec's scores through Speeder's prior module
+HITS_FILE = "accuracy_hits.json"  # per dataset and method: the evaluated rows' fingerprint and per-user top-1 hits
 
 # Run order (interleaved over datasets): the headline comparison first, so a run cut short keeps it.
 ALL_METHODS = [
     "speeder",
-    "llara",
     SASREC,
+    PRIOR,
+    "speeder_no_prior",
+    "llara",
     "speeder_no_mpo",
     "speeder_no_gate",
     "speeder_no_spae",
@@ -194,12 +205,13 @@ EVAL_FOLDER = "eval"
 
 def evaluate_llm(
     spec, model, tokenizer, data: BenchData, test, args: argparse.Namespace, work: Path, sitting: int
-) -> dict[str, Any]:
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Evaluates one batch of test rows at a time and saves each batch's outcomes under `work/eval` as it finishes:
     title generation for 1,000 users runs for up to an hour on CPU, and a continued run (`--resume`) evaluates only
     the batches not saved yet. A saved batch is reused only for the same rows; `work` holds one trained model (it is
-    emptied when training starts afresh). Adds `eval_seconds` (all sittings) and `eval_sittings`."""
-    model = merge_lora(model)
+    emptied when training starts afresh). Returns the per-row top-1 hits and the metrics, with `eval_seconds` (all
+    sittings) and `eval_sittings`."""
+    model = merge_lora(model) if isinstance(model, PeftModel) else model
     if torch.cuda.is_available():
         model = model.to(torch.bfloat16)
     batch_size = args.eval_batch_size if spec.answer_mode == "index" else args.generation_batch_size
@@ -236,8 +248,9 @@ def evaluate_llm(
         parts.append(outcomes)
         seconds += saved["seconds"]
         sittings.add(saved["sitting"])
-    metrics = RankingOutcomes.concatenate(parts).summary(num_examples=NUM_EXAMPLES)
-    return {
+    outcomes = RankingOutcomes.concatenate(parts)
+    metrics = outcomes.summary(num_examples=NUM_EXAMPLES)
+    return outcomes.valid & outcomes.correct, {
         **normalise(metrics),
         **({"examples": metrics["examples"]} if "examples" in metrics else {}),
         "protocol": metrics["protocol"],
@@ -253,21 +266,68 @@ def rows_fingerprint(rows) -> str:
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
-def evaluate_sasrec_rows(data: BenchData, test) -> dict[str, Any]:
-    model = data.sasrec.to("cuda" if torch.cuda.is_available() else "cpu")
+def ranks_row(ranks: np.ndarray, test, protocol: str) -> dict[str, Any]:
+    """The result row of a method that ranks every candidate (its top-1 answer is always valid: VHR@1 = HR@1)."""
 
-    def metrics_of(rows) -> dict[str, Any]:
-        values = evaluate_sasrec(model, rows, full_ranking=False, progress=False)
-        # SASRec ranks every candidate, so its top-1 answer is always valid: VHR@1 = HR@1.
-        return normalise({**values, "VHR@1": values["HR@1"], "ValidRatio": 1.0})
+    def metrics_of(index) -> dict[str, Any]:
+        values = rank_metrics(ranks[index])
+        return normalise({**values, "VHR@1": values["HR@1"], "ValidRatio": 1.0, "num_samples": len(ranks[index])})
 
     buckets = bucket_indices([len(h) for h in test["history"]])
-    size = len(test[0]["candidates"])
     return {
-        **metrics_of(test),
-        "protocol": f"{size} candidates (target + {size - 1} sampled negatives), SASRec scores",
-        "by_history_len": {bucket: metrics_of(test.select(index.tolist())) for bucket, index in buckets.items()},
+        **metrics_of(slice(None)),
+        "protocol": protocol,
+        "by_history_len": {bucket: metrics_of(index) for bucket, index in buckets.items()},
     }
+
+
+def candidate_protocol(test, scorer: str) -> str:
+    size = len(test[0]["candidates"])
+    return f"{size} candidates (target + {size - 1} sampled negatives), {scorer}"
+
+
+def evaluate_sasrec_rows(data: BenchData, test) -> tuple[np.ndarray, dict[str, Any]]:
+    model = data.sasrec.to("cuda" if torch.cuda.is_available() else "cpu")
+    ranks, _ = sasrec_ranks(model, test, full_ranking=False, progress=False)
+    return ranks == 0, ranks_row(ranks, test, candidate_protocol(test, "SASRec scores"))
+
+
+@torch.no_grad()
+def evaluate_prior_rows(data: BenchData, test, batch_size: int = 512) -> tuple[np.ndarray, dict[str, Any]]:
+    """The collaborative prior alone (Speeder's `CollaborativePrior` holding the prepared SASRec, weight 1), fed the
+    SASRec window the collator writes: by construction it ranks exactly as SASRec does, which this row shows."""
+    prior = CollaborativePrior(SpeederConfig(collaborative_prior=data.sasrec.settings))
+    prior.sasrec.load_state_dict(data.sasrec.state_dict())
+    max_len = prior.sasrec.max_len
+    ranks = []
+    for begin in range(0, len(test), batch_size):
+        rows = test.select(range(begin, min(begin + batch_size, len(test))))
+        history = left_pad([h[-max_len:] for h in rows["history"]], "cpu")  # (B, L)
+        candidates = torch.as_tensor(rows["candidates"])  # (B, C)
+        scores = prior(history, candidates)  # (B, C)
+        target = (candidates == torch.as_tensor(rows["target"])[:, None]).int().argmax(1)  # (B,)
+        ranks.append(target_ranks(scores.numpy(), target.numpy()))
+    ranks = np.concatenate(ranks)
+    return ranks == 0, ranks_row(ranks, test, candidate_protocol(test, "the collaborative prior's scores"))
+
+
+def paired_tests(results: dict[str, Any], hits: dict[str, Any]) -> None:
+    """Adds to each row with saved hits its exact McNemar test on top-1 hits against a reference evaluated on the
+    same rows: `speeder` against `sasrec` (`paired_vs_sasrec`), every other method against `speeder`
+    (`paired_vs_speeder`)."""
+    for name in dataset_names(results):
+        saved = hits.get(name, {})
+        for method, row in results[name]["methods"].items():
+            reference = SASREC if method == "speeder" else "speeder"
+            key = f"paired_vs_{reference}"
+            row.pop(key, None)
+            if method == reference or method not in saved or reference not in saved:
+                continue
+            if saved[method]["rows"] != saved[reference]["rows"]:
+                continue  # evaluated on other users: no pairing
+            first = np.array([c == "1" for c in saved[method]["hits"]])
+            second = np.array([c == "1" for c in saved[reference]["hits"]])
+            row[key] = {k: round(v, 6) if isinstance(v, float) else v for k, v in mcnemar_test(first, second).items()}
 
 
 SITTINGS_FILE = "sittings.json"
@@ -336,19 +396,27 @@ class TrainClock(TrainerCallback):
         return record
 
 
-def run_method(name: str, data: BenchData, split, test, train, args: argparse.Namespace) -> dict[str, Any]:
-    """Trains (LLM methods) and evaluates one method on one dataset."""
+def run_method(
+    name: str, data: BenchData, split, test, train, args: argparse.Namespace
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Trains (LLM methods) and evaluates one method on one dataset; returns its per-row top-1 hits and its row."""
     start = time.perf_counter()
-    if name == SASREC:
-        result = evaluate_sasrec_rows(data, test)
-        return {**result, "description": "SASRec (the id modality's model), trained on all training sequences",
-                "eval_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    if name in (SASREC, PRIOR):
+        hits, result = (evaluate_sasrec_rows if name == SASREC else evaluate_prior_rows)(data, test)
+        description = {
+            SASREC: "SASRec (the id modality's model), trained on all training sequences",
+            PRIOR: "the collaborative prior alone: SASRec's scores through Speeder's prior module",
+        }[name]
+        return hits, {**result, "description": description, "eval_seconds": round(time.perf_counter() - start, 1)}
     spec = METHODS[name]
     model, tokenizer = build_model(
         spec, data, args.llm, args.max_history_len, args.num_candidates, num_layers=args.llm_layers
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
+    if spec.collaborative_prior:  # as finetune does: start from the prior's calibrated weight
+        rows = CandidateSamplingDataset(train, data.rec, args.num_candidates, args.seed)
+        fit_prior_weight(model.collaborative_prior, [rows[i] for i in range(min(PRIOR_FIT_ROWS, len(rows)))])
     probe = CandidateSamplingDataset(train.select(range(min(64, len(train)))), data.rec, args.num_candidates, args.seed)
     micro, longest = micro_batch_for(
         spec, model, tokenizer, data, [probe[i] for i in range(len(probe))], args.batch_size, args.max_micro_tokens
@@ -379,12 +447,15 @@ def run_method(name: str, data: BenchData, split, test, train, args: argparse.Na
         final_stage_share=args.final_stage_share,
     )
     trained = clock.finish()
-    result = evaluate_llm(spec, model, tokenizer, data, test, args, work, sitting["sittings"])
+    if spec.collaborative_prior and data.held_out_sasrec is not None:
+        model = merge_lora(model)
+        model.set_collaborative_prior(data.sasrec)  # as `finetune` does: the learned weight on the full SASRec
+    hits, result = evaluate_llm(spec, model, tokenizer, data, test, args, work, sitting["sittings"])
     del model
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-    return {
+    return hits, {
         **result,
         "description": spec.description,
         "stages": [{"name": s.name, "modalities": s.modalities, "train": s.train} for s in stages],
@@ -412,8 +483,14 @@ def dataset_entry(data: BenchData, split, test, train, args: argparse.Namespace)
             "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": 0.05},
             "learning_rate": args.learning_rate,
             "align_learning_rate": args.align_learning_rate,
-            "note": "every LLM method sees the same training samples once (MPO splits them over its stages); "
-            "SASRec trains on all training sequences with early stopping (prepare_catalogs.py)",
+            "note": "every LLM method sees the same training samples once (MPO splits them over its stages)"
+            + (
+                ", each a user's last training item, which the held-out SASRec (id modality, prior in training) "
+                "never trained on"
+                if data.held_out_sasrec is not None
+                else ""
+            )
+            + "; SASRec trains on all training sequences with early stopping (prepare_catalogs.py)",
         },
         "data": {
             "users": stats["users"],
@@ -455,6 +532,8 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     out_json = args.out / "accuracy.json"
     results: dict[str, Any] = json.loads(out_json.read_text()) if args.resume and out_json.is_file() else {}
+    hits_json = args.out / HITS_FILE
+    hits: dict[str, Any] = json.loads(hits_json.read_text()) if args.resume and hits_json.is_file() else {}
     # Every invocation that contributed methods (a --resume run adds to an earlier one).
     machine = machine_description()
     this_run = add_run(results.setdefault("runs", []), __file__, args.argv, machine, key="methods")
@@ -474,7 +553,9 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
             data.rec, num_candidates=args.num_candidates, seed=args.seed, max_history_len=args.max_history_len
         )
         test = test_rows(split, args.max_test_users, args.seed, args.eval_split)
-        train = split["train"].shuffle(seed=args.seed).select(range(min(args.train_samples, len(split["train"]))))
+        # With a held-out SASRec, the LLM methods train on the targets it never trained on (finetune's default).
+        train = last_training_rows(split["train"]) if data.held_out_sasrec is not None else split["train"]
+        train = train.shuffle(seed=args.seed).select(range(min(args.train_samples, len(train))))
         prepared[name] = (split, test, train)
         entry = dataset_entry(data, split, test, train, args)
         previous = results.get(name, {})
@@ -493,10 +574,10 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
                 continue
             if method in entry["methods"]:
                 forget_row(results["runs"], f"{name}/{method}", keep=this_run)
-            if method != SASREC and METHODS[method].needs_images and not data.has_images:
+            if method in METHODS and METHODS[method].needs_images and not data.has_images:
                 entry["skipped"][method] = "the dataset has no item images"
                 continue
-            if method == SASREC and data.sasrec is None:
+            if method in (SASREC, PRIOR) and data.sasrec is None:
                 entry["skipped"][method] = "no SASRec model in the prepared data"
                 continue
             elapsed = time.perf_counter() - start
@@ -504,7 +585,12 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
                 entry["skipped"][method] = f"time budget of {args.time_budget_s:.0f} s spent ({elapsed:.0f} s)"
                 continue
             logger.info("%s / %s: start (%.0f s elapsed)", name, method, elapsed)
-            entry["methods"][method] = run_method(method, data, split, test, train, args)
+            row_hits, entry["methods"][method] = run_method(method, data, split, test, train, args)
+            hits.setdefault(name, {})[method] = {
+                "rows": rows_fingerprint(test),
+                "hits": "".join("1" if h else "0" for h in row_hits),
+            }
+            write_json(args.out / HITS_FILE, hits)
             this_run["methods"].append(f"{name}/{method}")
             entry["skipped"].pop(method, None)
             logger.info("%s / %s: %s", name, method, {k: entry["methods"][method][k] for k in METRIC_KEYS[:3]})
@@ -581,6 +667,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
+    hits_file = out / HITS_FILE
+    paired_tests(results, json.loads(hits_file.read_text()) if hits_file.is_file() else {})
     write_json(out / "accuracy.json", results)
     (out / "accuracy.md").write_text(markdown(results))
     try:

@@ -8,7 +8,9 @@ A prepared data folder `<catalog_dir>/<dataset>/` holds:
 - `features.safetensors`: float16 `features.<modality>` `(N, d)` and bool `presence.<modality>` `(N,)` for the
   catalog modalities (text, image, id), and for the `mllm` baseline `spatial` `(N, K, C)` with `spatial_presence`;
 - `features.json`: how each modality was made (encoder, SASRec run, spatial pooling and channel reduction);
-- `sasrec/`: the SASRec whose item embeddings are the `id` modality, also the SASRec baseline.
+- `sasrec/`: the SASRec trained on every training sequence: the SASRec baseline and the prior at evaluation;
+- `sasrec_held_out/`: the SASRec trained without each user's last training item (the samples the LLM methods train
+  on), whose item embeddings are the `id` modality and whose scores are the prior during training.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ CANONICAL_MODALITIES = ("text", "image", "id")
 
 
 # ----- prepared data ----------------------------------------------------------------------------------------------
+SASREC_FOLDER, HELD_OUT_FOLDER = "sasrec", "sasrec_held_out"
+
+
 @dataclass
 class BenchData:
     """One dataset ready for the benchmarks.
@@ -58,7 +63,10 @@ class BenchData:
         catalog: titles, texts and modality features (rows = `rec` item rows). Items without a title get
             `"Item <item_id>"`, because the titled styles write and parse every candidate's title.
         spatial: `(N, K, C)` per-cell image features for the `mllm` style, or None.
-        sasrec: the SASRec of the `id` modality, or None.
+        sasrec: the SASRec trained on every training sequence (the baseline, and the collaborative prior at
+            evaluation), or None.
+        held_out_sasrec: the SASRec trained without each user's last training item, which the LLM methods train
+            on: the `id` modality's model and the prior during training (see `speeder_hf.finetune.build_catalog`).
         info: provenance (features.json), plus `untitled_items`.
     """
 
@@ -68,6 +76,7 @@ class BenchData:
     spatial: np.ndarray | None = None
     sasrec: SASRec | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    held_out_sasrec: SASRec | None = None
 
     @property
     def has_images(self) -> bool:
@@ -87,8 +96,9 @@ def save_bench_data(directory: Path, data: BenchData) -> int:
     save_file(tensors, str(directory / FEATURES_FILE))
     info = {**data.info, "modalities": data.catalog.modalities, "sources": data.catalog.sources}
     (directory / FEATURES_JSON).write_text(json.dumps(info, indent=2))
-    if data.sasrec is not None:
-        data.sasrec.save_pretrained(directory / "sasrec")
+    for folder, model in ((SASREC_FOLDER, data.sasrec), (HELD_OUT_FOLDER, data.held_out_sasrec)):
+        if model is not None:
+            model.save_pretrained(directory / folder)
     return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
 
 
@@ -118,11 +128,18 @@ def load_bench_data(directory: Path, name: str | None = None) -> BenchData:
     for row in untitled:
         catalog.titles[row] = f"Item {catalog.item_ids[row]}"
     spatial = tensors["spatial"].astype(np.float32) if "spatial" in tensors else None
-    sasrec = SASRec.from_pretrained(str(directory / "sasrec")) if (directory / "sasrec").is_dir() else None
-    if sasrec is not None and sasrec.num_items != rec.num_items:
-        raise ValueError(f"{directory}/sasrec has {sasrec.num_items} items but the dataset has {rec.num_items}.")
+    sasrec, held_out = (_load_sasrec(directory / folder, rec.num_items) for folder in (SASREC_FOLDER, HELD_OUT_FOLDER))
     info["untitled_items"] = len(untitled)
-    return BenchData(name or directory.name, rec, catalog, spatial, sasrec.eval() if sasrec else None, info)
+    return BenchData(name or directory.name, rec, catalog, spatial, sasrec, info, held_out)
+
+
+def _load_sasrec(folder: Path, num_items: int) -> SASRec | None:
+    if not folder.is_dir():
+        return None
+    model = SASRec.from_pretrained(str(folder))
+    if model.num_items != num_items:
+        raise ValueError(f"{folder} has {model.num_items} items but the dataset has {num_items}.")
+    return model.eval()
 
 
 # ----- methods and prompt styles -----------------------------------------------------------------------------------
@@ -138,6 +155,8 @@ class MethodSpec:
         trains: parameter groups of the LoRA stage (`speeder_hf.mpo.GROUPS`).
         config: extra `SpeederConfig` fields.
         description: one line for the result files.
+        collaborative_prior: add the prepared SASRec's candidate scores with a learned weight
+            (`SpeederForSequentialRec.set_collaborative_prior`).
     """
 
     prompt_style: str
@@ -147,6 +166,7 @@ class MethodSpec:
     trains: tuple[str, ...]
     config: tuple[tuple[str, Any], ...] = ()
     description: str = ""
+    collaborative_prior: bool = False
 
     @property
     def needs_images(self) -> bool:
@@ -156,22 +176,28 @@ class MethodSpec:
 _NO_SPAE = (("spae_absolute", False), ("spae_relative", False))
 METHODS: dict[str, MethodSpec] = {
     "speeder": MethodSpec(
-        "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), (), "Speeder: MRC gate + SPAE + MPO stages"
+        "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), (),
+        "Speeder: MRC gate + SPAE + MPO stages + SASRec prior", True,
+    ),
+    "speeder_no_prior": MethodSpec(
+        "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), (),
+        "w/o collaborative prior: the LLM's candidate scores alone",
     ),
     "speeder_no_gate": MethodSpec(
         "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), (("mrc_gate", False),),
-        "w/o MRC gate: the experts of the available modalities are averaged",
+        "w/o MRC gate: the experts of the available modalities are averaged", True,
     ),
     "speeder_no_spae": MethodSpec(
-        "speeder", "index", None, "mpo", ("mrc", "head", "lora"), _NO_SPAE, "w/o SPAE: no position tokens, no recency"
+        "speeder", "index", None, "mpo", ("mrc", "head", "lora"), _NO_SPAE,
+        "w/o SPAE: no position tokens, no recency", True,
     ),
     "speeder_no_mpo": MethodSpec(
         "speeder", "index", None, "single", ("mrc", "spae", "head", "lora"), (),
-        "w/o MPO: every modality and LoRA from the first step, one stage",
+        "w/o MPO: every modality and LoRA from the first step, one stage", True,
     ),
     "speeder_text_only": MethodSpec(
         "speeder", "index", ("text",), "mpo", ("mrc", "spae", "head", "lora"), (),
-        "text modality only (align + text stages)",
+        "text modality only (align + text stages), with the prior", True,
     ),
     "llara": MethodSpec(
         "llara", "title", ("id",), "single", ("mrc", "lora"), _NO_SPAE,
@@ -228,6 +254,11 @@ def build_model(
     else:
         model = SpeederForSequentialRec.from_llm(llm_model, tokenizer, **kwargs)
     model.set_item_features(*data.catalog.feature_tensors(modalities))
+    if spec.collaborative_prior:
+        prior = data.held_out_sasrec or data.sasrec  # training's prior; evaluation swaps in data.sasrec
+        if prior is None:
+            raise ValueError(f"{data.name!r} has no prepared SASRec for the collaborative prior.")
+        model.set_collaborative_prior(prior)
     if spec.needs_images:
         model.set_image_patches(torch.from_numpy(data.spatial))
     return model, tokenizer
@@ -454,7 +485,8 @@ def synthetic_data(
     seed: int = 0,
 ) -> BenchData:
     """A small random dataset for `--quick` runs: titled items, user sequences of `min_len..max_len` distinct items,
-    random text (12-d) and image (10-d) features and feature maps, and a 2-epoch SASRec (8-d) as `id`."""
+    random text (12-d) and image (10-d) features and feature maps, and 2-epoch SASRecs (8-d): the full one and the
+    held-out one, whose item embeddings are `id`."""
     rng = np.random.default_rng(seed)
     nouns, colors = QUICK_NOUNS, QUICK_COLORS
     item_ids = [str(i + 1) for i in range(num_items)]
@@ -472,13 +504,17 @@ def synthetic_data(
     for modality, dim in (("text", 12), ("image", 10)):
         catalog.add_features(modality, rng.normal(size=(num_items, dim)), source={"encoder": "random (quick)"})
     split = make_split(rec, num_candidates=20, seed=seed)
-    sasrec = train_sasrec(
-        training_sequences(rec), rec.num_items, split["validation"], hidden_size=8, num_epochs=2, eval_every=1,
-        seed=seed, device="cpu", progress=False,
-    ).model  # fmt: skip
-    catalog.add_features("id", *sasrec_item_features(sasrec, training_sequences(rec)), source={"encoder": "sasrec"})
+    sasrec, held_out = (
+        train_sasrec(
+            sequences, rec.num_items, split["validation"], hidden_size=8, num_epochs=2, eval_every=1, seed=seed,
+            device="cpu", progress=False,
+        ).model
+        for sequences in (training_sequences(rec), training_sequences(rec, holdout=1))
+    )  # fmt: skip
+    features = sasrec_item_features(held_out, training_sequences(rec, holdout=1))
+    catalog.add_features("id", *features, source={"encoder": "sasrec", "held_out_last_training_item": True})
     spatial = rng.normal(size=(num_items, image_cells, image_channels)).astype(np.float32)
-    return BenchData(name, rec, catalog, spatial, sasrec, {"source": "synthetic random data (--quick)"})
+    return BenchData(name, rec, catalog, spatial, sasrec, {"source": "synthetic random data (--quick)"}, held_out)
 
 
 # ----- bookkeeping ---------------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 text/image features, the SASRec `id` features (and model) and, for the `mllm` baseline, per-cell image feature
 maps. The GPU run then needs neither the encoders' weights nor the raw files.
 
-- Beauty (Amazon 2014 5-core, the embedded examples/data/beauty): text (all-MiniLM-L6-v2 over title + categories +
-  keywords) and id (SASRec). No images exist for it.
+- Beauty (Amazon 2014 5-core, the embedded examples/data/beauty) and Sports_and_Outdoors (`--data-root`/sports):
+  text (all-MiniLM-L6-v2 over title + categories + keywords) and id (SASRec). No images exist for them.
 - MovieLens-100K (`--data-root`/llara_movielens, posters from `--data-root`/movielens_posters): text (title +
   genres), image (EfficientNet-Lite0, pooled 1280-d), id (SASRec) and the 7x7 EfficientNet-Lite0 feature map of each
   poster (49 image tokens per item), its 1280 channels reduced by PCA to `--spatial-channels` to keep the folder small
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,15 +35,7 @@ from common import REPO, BenchData, save_bench_data, setup_logging  # noqa: E402
 
 from speeder_hf.baselines import spatial_image_features  # noqa: E402
 from speeder_hf.catalog import ItemCatalog  # noqa: E402
-from speeder_hf.data import (  # noqa: E402
-    RecDataset,
-    attach_images,
-    load_movielens,
-    load_s3rec,
-    make_split,
-    movielens_posters,
-    training_sequences,
-)
+from speeder_hf.data import RecDataset, load_dataset_by_name, make_split, training_sequences  # noqa: E402
 from speeder_hf.encoders import ImageEncoder, TextEncoder, encode_image_modality, encode_text_modality  # noqa: E402
 from speeder_hf.sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec  # noqa: E402
 
@@ -53,8 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_catalogs")
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data", help="shared/data")
-    parser.add_argument("--beauty-dir", type=Path, default=REPO / "examples" / "data" / "beauty")
-    parser.add_argument("--datasets", default="beauty,movielens")
+    parser.add_argument("--datasets", default="beauty,movielens,sports")
     parser.add_argument("--text-max-length", type=int, default=32, help="text-encoder tokens per item")
     parser.add_argument("--spatial-channels", type=int, default=128, help="PCA size of the feature-map channels")
     parser.add_argument("--spatial-grid", type=int, default=None, help="pool the 7x7 map to NxN cells (fewer tokens)")
@@ -67,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--sasrec-epochs", type=int, default=200)
     parser.add_argument("--sasrec-dropout", type=float, default=0.5)
+    parser.add_argument("--sasrec-loss", default="ce", help="ce (full softmax), sampled or bce")
+    parser.add_argument("--sasrec-patience", type=int, default=6, help="evaluations (every 5 epochs) without gain")
     parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/speeder_hf)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (spinning threads stall a busy machine)")
     parser.add_argument("--seed", type=int, default=0)
@@ -76,31 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_beauty(args: argparse.Namespace) -> RecDataset:
-    for folder in (args.beauty_dir, args.data_root / "beauty"):
-        for suffix in (".gz", ""):
-            sequences, items = folder / f"Beauty.txt{suffix}", folder / f"items.jsonl{suffix}"
-            if sequences.is_file() and items.is_file():
-                return load_s3rec(sequences, items, name="beauty")
-    raise FileNotFoundError(f"No Beauty.txt(.gz) + items.jsonl(.gz) in {args.beauty_dir} or {args.data_root}/beauty.")
-
-
-def load_movielens_with_posters(args: argparse.Namespace) -> RecDataset | None:
-    ratings = args.data_root / "llara_movielens" / "ml-100k_u.data"
-    movies = args.data_root / "llara_movielens" / "u.item"
-    posters = args.data_root / "movielens_posters" / "ml100k_to_ml1m_posters.tsv"
-    missing = [str(p) for p in (ratings, movies, posters) if not p.is_file()]
-    if missing:
-        logger.warning("MovieLens skipped: %s not found.", missing)
-        return None
-    return attach_images(load_movielens(ratings, movies, name="movielens"), movielens_posters(posters))
-
-
-def sasrec_for(name: str, rec: RecDataset, args: argparse.Namespace) -> tuple[SASRec, dict]:
-    """The SASRec of the `id` modality: reused from `--sasrec-from`, else trained on the training sequences with
-    early stopping on validation NDCG@10 (full ranking)."""
+def sasrec_for(name: str, rec: RecDataset, args: argparse.Namespace, holdout: int = 0) -> tuple[SASRec, dict]:
+    """A SASRec trained on the training sequences (without each user's last `holdout` training items) with early
+    stopping on validation NDCG@10 (full ranking), or the full one reused from `--sasrec-from`."""
     split = make_split(rec, num_candidates=20, seed=args.seed)
-    if name in args.sasrec_from:
+    if name in args.sasrec_from and not holdout:
         model = SASRec.from_pretrained(args.sasrec_from[name]).eval()
         if model.num_items != rec.num_items:
             raise ValueError(
@@ -110,17 +84,20 @@ def sasrec_for(name: str, rec: RecDataset, args: argparse.Namespace) -> tuple[SA
     else:
         start = time.perf_counter()
         result = train_sasrec(
-            training_sequences(rec, seed=args.seed),
+            training_sequences(rec, seed=args.seed, holdout=holdout),
             rec.num_items,
             split["validation"],
             dropout=args.sasrec_dropout,
             num_epochs=args.sasrec_epochs,
-            patience=6,
+            loss=args.sasrec_loss,
+            patience=args.sasrec_patience,
             seed=args.seed,
         )
         model = result.model
         source = {
-            "trained": "here, on the leave-one-out training sequences",
+            "trained": "here, on the leave-one-out training sequences"
+            + (f" without each user's last {holdout} training item(s)" if holdout else ""),
+            "loss": args.sasrec_loss,
             "best_epoch": result.best_epoch,
             "train_seconds": round(time.perf_counter() - start, 1),
         }
@@ -133,7 +110,7 @@ def sasrec_for(name: str, rec: RecDataset, args: argparse.Namespace) -> tuple[SA
             "validation_full_NDCG@10": round(validation["full_NDCG@10"], 4),
         }
     )
-    logger.info("%s SASRec: %s", name, source)
+    logger.info("%s SASRec (holdout %d): %s", name, holdout, source)
     return model, source
 
 
@@ -171,10 +148,11 @@ def prepare(name: str, rec: RecDataset, args: argparse.Namespace) -> BenchData:
             maps, reduction = reduce_channels(maps, present, args.spatial_channels, args.seed)
             info["spatial"]["channel_reduction"] = reduction
         spatial = maps
-    sasrec, source = sasrec_for(name, rec, args)
-    features, present = sasrec_item_features(sasrec, training_sequences(rec, seed=args.seed))
-    catalog.add_features("id", features, present, {"encoder": "sasrec", **source})
-    return BenchData(name, rec, catalog, spatial, sasrec, info)
+    sasrec, info["sasrec"] = sasrec_for(name, rec, args)
+    held_out, source = sasrec_for(name, rec, args, holdout=1)
+    features, present = sasrec_item_features(held_out, training_sequences(rec, seed=args.seed, holdout=1))
+    catalog.add_features("id", features, present, {"encoder": "sasrec", "held_out_last_training_item": True, **source})
+    return BenchData(name, rec, catalog, spatial, sasrec, info, held_out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -182,11 +160,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    loaders = {"beauty": load_beauty, "movielens": load_movielens_with_posters}
+    os.environ["SPEEDER_HF_DATA"] = str(args.data_root)
     total = 0
     for name in args.datasets:
-        rec = loaders[name](args)
-        if rec is None:
+        try:
+            rec = load_dataset_by_name(name)
+        except FileNotFoundError as error:
+            logger.warning("%s skipped: %s", name, error)
             continue
         data = prepare(name, rec, args)
         size = save_bench_data(args.out / name, data)

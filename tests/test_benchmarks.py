@@ -320,11 +320,23 @@ def test_accuracy_quick_writes_every_field(quick_results):
         for key in ("VHR@1", "ValidRatio", "HR@1", "HR@5", "NDCG@5", "NDCG@10", "by_history_len"):
             assert key in metrics, (name, key)
         assert math.isclose(metrics["VHR@1"], metrics["HR@1"] * metrics["ValidRatio"], abs_tol=1e-9)
-        ranked = name == "sasrec" or common.METHODS[name].answer_mode == "index"
+        untrained = name in (accuracy.SASREC, accuracy.PRIOR)
+        ranked = untrained or common.METHODS[name].answer_mode == "index"
         assert (metrics["NDCG@10"] is not None) == ranked
         assert sum(b["num_samples"] for b in metrics["by_history_len"].values()) == entry["data"]["test_users"]
-        if name != "sasrec":
+        if not untrained:
             assert metrics["train_samples_seen"] <= 24 and metrics["train_seconds"] > 0
+            assert metrics["paired_vs_speeder" if name != "speeder" else "paired_vs_sasrec"]["n"] == 12
+    # The prior alone ranks exactly as SASRec: same metrics, and no user that one hits and the other misses.
+    methods = entry["methods"]
+    assert {k: methods["prior"][k] for k in accuracy.METRIC_KEYS} == {
+        k: methods["sasrec"][k] for k in accuracy.METRIC_KEYS
+    }
+    hits = json.loads((out / accuracy.HITS_FILE).read_text())["synthetic"]
+    assert hits["prior"] == hits["sasrec"] and len(hits["speeder"]["hits"]) == 12
+    paired = methods["speeder"]["paired_vs_sasrec"]
+    assert math.isclose(paired["difference"], methods["speeder"]["VHR@1"] - methods["sasrec"]["HR@1"], abs_tol=1e-6)
+    assert "paired_vs_speeder" in methods["prior"] and 0 <= paired["p_value"] <= 1
     stages = {name: [s["name"] for s in m["stages"]] for name, m in entry["methods"].items() if "stages" in m}
     assert stages["speeder"] == ["align", "text", "text+image", "all"] and stages["speeder_no_mpo"] == ["all"]
     assert "| speeder |" in (out / "accuracy.md").read_text()
@@ -345,7 +357,8 @@ def test_efficiency_resume_keeps_measured_rows_and_records_each_run(quick_result
 
 def test_accuracy_resume_keeps_finished_methods_and_time_budget_skips(quick_results, tmp_path):
     out, _, _ = quick_results
-    (tmp_path / "accuracy.json").write_text((out / "accuracy.json").read_text())
+    for name in ("accuracy.json", accuracy.HITS_FILE):
+        (tmp_path / name).write_text((out / name).read_text())
     before = json.loads((tmp_path / "accuracy.json").read_text())["synthetic"]["methods"]["sasrec"]
     result = accuracy.main(["--quick", "--out", str(tmp_path), "--resume", "--methods", "sasrec,llara"])
     assert result["synthetic"]["methods"]["sasrec"] == before
@@ -543,4 +556,22 @@ def test_target_line_flags_a_baseline_that_seldom_names_a_candidate():
     methods = {"speeder": {"VHR@1": 0.138}, "llara": {"VHR@1": 0.0, "ValidRatio": 0.0}, "sasrec": {"VHR@1": 0.384}}
     lines = report.accuracy_targets(methods, 1000)
     assert lines[0] == "- speeder VHR@1 0.1380 >= llara VHR@1 0.0000: met (its ValidRatio is only 0.0000)"
-    assert lines[1].startswith("- speeder VHR@1 0.1380 >= SASRec HR@1 0.3840:") and "ValidRatio" not in lines[1]
+    assert (
+        lines[1].startswith("- speeder VHR@1 0.1380 > SASRec HR@1 0.3840: **missed**") and "ValidRatio" not in lines[1]
+    )
+
+
+def test_target_lines_use_the_paired_test_when_the_rows_have_one():
+    paired = {"n": 5000, "difference": 0.03, "p_value": 0.0004}
+    methods = {
+        "speeder": {"VHR@1": 0.36, "paired_vs_sasrec": paired},
+        "sasrec": {"VHR@1": 0.33},
+        "speeder_no_prior": {"VHR@1": 0.2, "paired_vs_speeder": {**paired, "difference": -0.16, "p_value": 1e-30}},
+        "speeder_no_gate": {"VHR@1": 0.361, "paired_vs_speeder": {**paired, "difference": 0.001, "p_value": 0.9}},
+    }
+    lines = report.accuracy_targets(methods, 5000)
+    assert lines[0] == (
+        "- speeder VHR@1 0.3600 > SASRec HR@1 0.3300: met (exact McNemar test on the same 5000 users: p = 0.0004)"
+    )
+    assert "below the full model by 0.1600 (significant;" in lines[1]
+    assert "**not below the full model** (by 0.0010" in lines[2]

@@ -14,6 +14,7 @@ from speeder_hf.metrics import (
     bucket_of,
     hit_ratio_at_k,
     llara_hr1,
+    mcnemar_test,
     mrr,
     ndcg_at_k,
     parse_title_answer,
@@ -115,3 +116,23 @@ def test_history_buckets():
     groups = bucket_indices([3, 25, 7, 1])
     assert list(groups) == ["1-5", "6-10", ">20"]
     assert groups["1-5"].tolist() == [0, 3] and groups[">20"].tolist() == [1]
+
+
+def test_mcnemar_matches_the_exact_binomial_tail_and_counts_discordant_pairs():
+    from math import comb
+
+    first = np.array([1, 1, 1, 1, 1, 1, 0, 0, 1, 0], bool)
+    second = np.array([0, 0, 0, 0, 0, 1, 1, 0, 1, 0], bool)
+    result = mcnemar_test(first, second)
+    # 5 users only the first model hits, 1 only the second: p = 2 * P(Bin(6, 1/2) <= 1) = 2 * 7 / 64.
+    assert (result["first_only"], result["second_only"], result["n"]) == (5, 1, 10)
+    assert result["p_value"] == pytest.approx(2 * (comb(6, 0) + comb(6, 1)) / 64)
+    assert result["difference"] == pytest.approx(0.4)
+    assert mcnemar_test(first, first)["p_value"] == 1.0
+    # Thousands of pairs: a 55/45 split of 4,000 discordant users is far beyond chance, and no underflow.
+    many = mcnemar_test(
+        np.r_[np.ones(2200, bool), np.zeros(1800, bool)], np.r_[np.zeros(2200, bool), np.ones(1800, bool)]
+    )
+    assert 0 < many["p_value"] < 1e-9
+    with pytest.raises(ValueError, match="one shape"):
+        mcnemar_test(first, second[:5])

@@ -12,6 +12,7 @@ from speeder_hf.data import (
     CandidateSampler,
     CandidateSamplingDataset,
     RecDataset,
+    last_training_rows,
     make_split,
     sample_rng,
     training_sequences,
@@ -141,3 +142,17 @@ def test_training_candidates_change_per_epoch_and_are_reproducible():
     with pytest.raises(KeyError, match="user 'u0' is not in the RecDataset"):
         CandidateSamplingDataset(split["train"], rec_of({"x": [1, 2]}, num_items=50), num_candidates=6)[0]
     assert [row["candidates"] for row in batch] == [data[i]["candidates"] for i in range(len(data))]
+
+
+def test_held_out_training_targets_are_exactly_what_the_held_out_sequences_leave_out():
+    rec = rec_of({"u": [0, 1, 2, 3, 4, 5], "v": [6, 7, 8, 9], "w": [10, 11, 12]}, num_items=30)
+    split = make_split(rec, num_candidates=5)
+    full, held_out = training_sequences(rec), training_sequences(rec, holdout=1)
+    # v's training part [6, 7] keeps one item: too short to train on, so v is dropped; w has one training item
+    assert full == {"u": [0, 1, 2, 3], "v": [6, 7], "w": [10]} and held_out == {"u": [0, 1, 2]}
+    last = last_training_rows(split["train"])
+    assert last.to_dict() == {"user_id": ["u", "v"], "history": [[0, 1, 2], [6]], "target": [3, 7]}
+    for row in last:  # the target is the item the held-out sequence lacks, and the history is all it has
+        assert full[row["user_id"]][-1] == row["target"] and full[row["user_id"]][:-1] == row["history"]
+    with pytest.raises(ValueError, match="holdout must be >= 0"):
+        training_sequences(rec, holdout=-1)

@@ -79,7 +79,7 @@ def build_catalog_command(args: argparse.Namespace) -> None:
     split = make_split(
         rec, num_candidates=settings.num_candidates, seed=settings.seed, max_history_len=settings.max_history_len
     )
-    catalog, sasrec = build_catalog(rec, split, settings)
+    catalog, sasrec, _ = build_catalog(rec, split, settings)
     out = Path(args.out)
     catalog.save(out)
     if sasrec is not None:

@@ -17,22 +17,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
 from transformers import AutoModel, TrainingArguments, set_seed
 
 from .backbones import load_llm
 from .catalog import ItemCatalog
 from .collator import SpeederDataCollator
-from .data import CandidateSamplingDataset, RecDataset, make_split, training_sequences
+from .data import CandidateSamplingDataset, RecDataset, last_training_rows, make_split, training_sequences
 from .encoders import ImageEncoder, TextEncoder, default_cache_dir, encode_image_modality, encode_text_modality
 from .evaluation import evaluate_ranking
 from .export import save_pretrained_bundle
 from .hub import card_examples
+from .lora import merge_lora
 from .modeling_speeder import SpeederForSequentialRec
 from .mpo import default_stages, run_mpo
+from .prior_calibration import calibrate_prior, fit_prior_weight
 from .recommend import Recommender
-from .sasrec import SASRec, sasrec_item_features, train_sasrec
+from .sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
 
 logger = logging.getLogger(__name__)
+
+TRAINING_TARGETS = ("held_out", "all")
+PRIOR_MODES = ("in_training", "after_training", "none")
+PRIOR_FIT_ROWS = 4096  # training rows the prior's starting weight is fitted on (a 1-D fit: more changes little)
 
 
 @dataclass
@@ -63,6 +70,24 @@ class FinetuneArguments:
     )
     sasrec_max_len: int = field(default=20, metadata={"help": "SASRec sequence length."})
     sasrec_dropout: float = field(default=0.5, metadata={"help": "SASRec dropout (0.5 suits sparse Amazon data)."})
+    training_targets: str = field(
+        default="held_out",
+        metadata={
+            "help": "held_out: train on each user's last training item, with the id modality and the prior from a "
+            "SASRec that never trained on it; all: every training prefix, one SASRec."
+        },
+    )
+    collaborative_prior: str = field(
+        default="in_training",
+        metadata={
+            "help": "SASRec's candidate scores in Speeder's, with a fitted weight (needs the id modality): in_training "
+            "(the LLM learns what SASRec misses), after_training (added to the trained LLM's scores) or none."
+        },
+    )
+    calibration_rows: int = field(
+        default=1000,
+        metadata={"help": "Held-out training rows, kept out of training, that the prior's final weight is fitted on."},
+    )
     max_train_samples: int | None = field(default=4000, metadata={"help": "Subsample training prefixes (None=all)."})
     stage_steps: int = field(default=40, metadata={"help": "Optimizer steps per MPO stage."})
     final_stage_steps: int | None = field(
@@ -88,6 +113,10 @@ class FinetuneArguments:
         # Checked here, not where it is used: that is after minutes of training.
         if self.eval_split not in ("test", "validation"):
             raise ValueError(f"eval_split must be 'test' or 'validation', got {self.eval_split!r}.")
+        if self.collaborative_prior not in PRIOR_MODES:
+            raise ValueError(f"collaborative_prior must be one of {PRIOR_MODES}, got {self.collaborative_prior!r}.")
+        if self.training_targets not in TRAINING_TARGETS:
+            raise ValueError(f"training_targets must be one of {TRAINING_TARGETS}, got {self.training_targets!r}.")
         # A negative sample count on the command line means "all".
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
@@ -101,17 +130,24 @@ def load_named_dataset(name: str) -> RecDataset:
     return data.load_dataset_by_name(name)
 
 
-def build_catalog(rec: RecDataset, split, args: FinetuneArguments) -> tuple[ItemCatalog, Any]:
-    """Text and image features from frozen encoders (cached on disk) and SASRec item embeddings as `id`."""
+def build_catalog(rec: RecDataset, split, args: FinetuneArguments) -> tuple[ItemCatalog, SASRec | None, SASRec | None]:
+    """Text and image features from frozen encoders (cached on disk) and SASRec item embeddings as `id`.
+
+    Returns the catalog, the SASRec trained on every training sequence (the retriever, the baseline and the prior
+    at inference) and, with `args.training_targets == "held_out"`, the held-out SASRec: trained without each
+    user's last training item, it gives the `id` features and the prior while Speeder trains on those items, so
+    that its scores there are as reliable as on unseen test targets (on the items it trained on, SASRec is right
+    far more often than on new ones, and a model stacked on it would learn to trust it too much). Else None and
+    the `id` features come from the first SASRec.
+    """
     wanted = [m.strip() for m in args.modalities.split(",") if m.strip()]
     catalog = ItemCatalog.from_dataset(rec)
     if "text" in wanted:
         encode_text_modality(catalog, TextEncoder(args.text_encoder, max_length=args.text_max_length), args.cache_dir)
     if "image" in wanted and any(catalog.image_paths):
         encode_image_modality(catalog, ImageEncoder(args.image_encoder), args.cache_dir)
-    sasrec = None
+    sasrec = held_out = None
     if "id" in wanted:
-        train_seqs = training_sequences(rec, seed=args.seed)
         settings = {
             "num_epochs": args.sasrec_epochs,
             "dropout": args.sasrec_dropout,
@@ -119,10 +155,19 @@ def build_catalog(rec: RecDataset, split, args: FinetuneArguments) -> tuple[Item
             "max_len": args.sasrec_max_len,
             "seed": args.seed,
         }
+        train_seqs = training_sequences(rec, seed=args.seed)
         sasrec, best_epoch = cached_sasrec(train_seqs, rec.num_items, split["validation"], settings, args.cache_dir)
-        features, present = sasrec_item_features(sasrec, train_seqs)
-        catalog.add_features("id", features, present, source={"encoder": "sasrec", "best_epoch": best_epoch})
-    return catalog, sasrec
+        feature_model, feature_seqs = sasrec, train_seqs
+        if args.training_targets == "held_out":
+            feature_seqs = training_sequences(rec, seed=args.seed, holdout=1)
+            held_out, best_epoch = cached_sasrec(
+                feature_seqs, rec.num_items, split["validation"], settings, args.cache_dir
+            )
+            feature_model = held_out
+        features, present = sasrec_item_features(feature_model, feature_seqs)
+        source = {"encoder": "sasrec", "best_epoch": best_epoch, "held_out_last_training_item": held_out is not None}
+        catalog.add_features("id", features, present, source=source)
+    return catalog, sasrec, held_out
 
 
 def cached_sasrec(
@@ -159,8 +204,11 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def build_model(catalog: ItemCatalog, args: FinetuneArguments) -> tuple[SpeederForSequentialRec, Any]:
-    """A Speeder model around the LLM, holding the catalog's feature table."""
+def build_model(
+    catalog: ItemCatalog, args: FinetuneArguments, sasrec: SASRec | None = None
+) -> tuple[SpeederForSequentialRec, Any]:
+    """A Speeder model around the LLM, holding the catalog's feature table, with `sasrec`'s scores as its
+    collaborative prior when one is given."""
     tokenizer, llm = load_llm(args.llm, torch.float32, args.llm_layers)
     modalities = catalog.modalities
     model = SpeederForSequentialRec.from_llm(
@@ -175,12 +223,25 @@ def build_model(catalog: ItemCatalog, args: FinetuneArguments) -> tuple[SpeederF
         answer_loss=args.answer_loss,
     )
     model.set_item_features(*catalog.feature_tensors(modalities))
+    if sasrec is not None:
+        model.set_collaborative_prior(sasrec)
     return model, tokenizer
 
 
 def machine_description() -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     return f"{platform.machine()} {device}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def print_comparison(speeder: dict[str, Any], sasrec: dict[str, Any], split: str) -> None:
+    """Prints Speeder's and SASRec's metrics side by side (Speeder's VHR@1 is its HR@1 in index mode)."""
+    names = ["HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR"]
+    print(f"\n{split} split, {speeder['num_samples']} users, the same candidates for both:")
+    print(f"{'metric':<10}{'Speeder':>10}{'SASRec':>10}")
+    for name in names:
+        if name in speeder and name in sasrec:
+            print(f"{name:<10}{speeder[name]:>10.4f}{sasrec[name]:>10.4f}")
+    print(f"{'VHR@1':<10}{speeder['VHR@1']:>10.4f}{'':>10}")
 
 
 def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
@@ -192,13 +253,31 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     split = make_split(rec, num_candidates=args.num_candidates, seed=args.seed, max_history_len=args.max_history_len)
     logger.info("%s: %s", rec.name, rec.statistics())
 
-    catalog, sasrec = build_catalog(rec, split, args)
-    model, tokenizer = build_model(catalog, args)
+    catalog, sasrec, held_out = build_catalog(rec, split, args)
+    if args.collaborative_prior != "none" and sasrec is None:
+        raise ValueError(
+            "--collaborative_prior needs a SASRec: keep 'id' in --modalities, or pass --collaborative_prior none."
+        )
+    # The prior that rows held out from the feature SASRec are scored with (training and calibration).
+    fold_prior = held_out or sasrec
+    model, tokenizer = build_model(catalog, args, fold_prior if args.collaborative_prior == "in_training" else None)
 
-    train = split["train"].shuffle(seed=args.seed)
+    train = last_training_rows(split["train"]) if args.training_targets == "held_out" else split["train"]
+    train = train.shuffle(seed=args.seed)
+    calibration = None
+    if args.collaborative_prior != "none":
+        calibration = train.select(range(min(args.calibration_rows, len(train) // 2)))
+        train = train.select(range(len(calibration), len(train)))
     if args.max_train_samples is not None:
         train = train.select(range(min(args.max_train_samples, len(train))))
     train_dataset = CandidateSamplingDataset(train, rec, args.num_candidates, seed=args.seed)
+    prior_record: dict[str, Any] = {"mode": args.collaborative_prior}
+    if model.collaborative_prior is not None:
+        rows = [train_dataset[i] for i in range(min(PRIOR_FIT_ROWS, len(train_dataset)))]
+        prior_record["initial_weight"] = fit_prior_weight(model.collaborative_prior, rows)
+        logger.info(
+            "Collaborative prior: weight %.3f fitted on %d training rows", prior_record["initial_weight"], len(rows)
+        )
     collator = SpeederDataCollator(tokenizer, model.config, item_titles=catalog.titles, item_texts=catalog.texts)
     stages = default_stages(
         catalog.modalities,
@@ -238,6 +317,22 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     test = split[args.eval_split]
     if args.max_eval_samples is not None:
         test = test.select(range(min(args.max_eval_samples, len(test))))
+    if calibration is not None:
+        model = merge_lora(model) if isinstance(model, PeftModel) else model
+        if model.collaborative_prior is None:
+            model.set_collaborative_prior(fold_prior)
+        rows = CandidateSamplingDataset(calibration, rec, args.num_candidates, seed=args.seed)
+        prior_record["trained_weight"] = model.collaborative_prior.weight.item()
+        weight = calibrate_prior(
+            model, tokenizer, [rows[i] for i in range(len(rows))], catalog.titles, catalog.texts, args.eval_batch_size
+        )
+        prior_record.update(
+            trained_weight=model.collaborative_prior.weight.item(), weight=weight, calibration_rows=len(rows)
+        )
+        logger.info("Collaborative prior: weight %.3f fitted on %d calibration rows", weight, len(rows))
+        # The prior now reads the SASRec of every training item, with the fitted weight (both SASRecs rank items
+        # they never trained on alike): the saved model's prior is its retriever.
+        model.set_collaborative_prior(sasrec)
     save_pretrained_bundle(model, out, tokenizer, catalog, sasrec)
     model = AutoModel.from_pretrained(out)  # evaluate what was saved, through the Auto class users will call
     metrics = evaluate_ranking(
@@ -247,6 +342,7 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         "dataset": rec.name,
         "split": args.eval_split,
         "metrics": metrics,
+        "collaborative_prior": prior_record,
         "train_samples_seen": sum(s.max_steps for s in stages) * args.batch_size * args.gradient_accumulation_steps,
         "mpo_stages": [asdict(s) for s in stages],
         "train_seconds": round(train_seconds, 1),
@@ -256,6 +352,11 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         "arguments": asdict(args),
         "date": time.strftime("%Y-%m-%d"),
     }
+    if sasrec is not None:
+        # Same users and candidates: the model Speeder reads, and the one it has to beat.
+        sasrec_metrics = evaluate_sasrec(sasrec, test, full_ranking=False, progress=False)
+        results["baselines"] = {"SASRec": sasrec_metrics}
+        print_comparison(metrics, sasrec_metrics, args.eval_split)
     results["examples"] = card_examples(test, catalog, args.num_examples)
     (out / "eval_results.json").write_text(json.dumps(results, indent=2))
 

@@ -12,6 +12,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -104,6 +105,37 @@ def ranking_metrics(scores: ArrayLike, target_index: ArrayLike, ks: Iterable[int
     return rank_metrics(target_ranks(scores, target_index), ks)
 
 
+def mcnemar_test(first: ArrayLike, second: ArrayLike) -> dict[str, float | int]:
+    """Exact McNemar test of two models' per-sample hits (booleans `(N,)`, the same samples in the same order).
+
+    Returns `n`, both hit rates, their difference (`first - second`), the discordant counts (`first_only`,
+    `second_only`) and the two-sided `p_value` of the binomial test on the discordant pairs (1.0 when none).
+    """
+    first, second = _array(first, bool), _array(second, bool)
+    if first.shape != second.shape or first.ndim != 1:
+        raise ValueError(f"Paired hits must be two (N,) arrays of one shape, got {first.shape} and {second.shape}.")
+    if first.size == 0:
+        raise ValueError("No samples: a paired test needs at least one.")
+    only_first, only_second = int((first & ~second).sum()), int((~first & second).sum())
+    discordant, low = only_first + only_second, min(only_first, only_second)
+    # P(X <= low) for X ~ Binomial(discordant, 1/2), in log space so thousands of pairs do not underflow.
+    log_terms = [
+        math.lgamma(discordant + 1) - math.lgamma(k + 1) - math.lgamma(discordant - k + 1) - discordant * math.log(2)
+        for k in range(low + 1)
+    ]
+    top = max(log_terms)
+    tail = math.exp(top) * sum(math.exp(t - top) for t in log_terms)
+    return {
+        "n": int(first.size),
+        "first": float(first.mean()),
+        "second": float(second.mean()),
+        "difference": float(first.mean() - second.mean()),
+        "first_only": only_first,
+        "second_only": only_second,
+        "p_value": min(1.0, 2.0 * tail) if discordant else 1.0,
+    }
+
+
 def answer_metrics(valid: ArrayLike, correct: ArrayLike) -> dict[str, float]:
     """`VHR@1`, `ValidRatio` and LLaRA's `HR@1` (correct / valid) from per-sample answer flags."""
     return {
@@ -160,6 +192,7 @@ __all__ = [
     "bucket_of",
     "hit_ratio_at_k",
     "llara_hr1",
+    "mcnemar_test",
     "mrr",
     "ndcg_at_k",
     "parse_title_answer",

@@ -10,7 +10,7 @@ from .named import load_dataset_by_name, shared_data_dir
 from .reading import DataFormatError
 from .rec_dataset import ItemInfo, RecDataset, compose_text
 from .s3rec import load_s3rec
-from .split import STRATEGIES, make_split, training_sequences
+from .split import STRATEGIES, last_training_rows, make_split, training_sequences
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -28,6 +28,7 @@ __all__ = [
     "load_llara_samples",
     "load_movielens",
     "load_s3rec",
+    "last_training_rows",
     "make_split",
     "movielens_posters",
     "sample_rng",

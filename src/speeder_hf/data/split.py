@@ -58,15 +58,32 @@ def training_sequences(
     seed: int = 0,
     min_history: int = 1,
     user_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    holdout: int = 0,
 ) -> dict[str, list[int]]:
     """The training part of each user's sequence under the same split as `make_split` (arguments alike):
-    what a collaborative model such as SASRec may be trained on without seeing validation or test targets."""
+    what a collaborative model such as SASRec may be trained on without seeing validation or test targets.
+
+    With `holdout=k`, the last `k` items of each training part are left out too (users left with fewer than two
+    items are dropped): a SASRec trained on these has never been trained to predict those items, so its scores on
+    them are as trustworthy as on test targets (see `last_training_rows`).
+    """
+    if holdout < 0:
+        raise ValueError(f"holdout must be >= 0, got {holdout}.")
     plans = _plans(rec, strategy, min_history, seed, user_fractions)
-    return {
-        user: seq[: plan.train_end]
+    sequences = {
+        user: seq[: plan.train_end - holdout]
         for user, seq, plan in zip(rec.sequences["user_id"][:], rec.sequences["items"][:], plans)
         if plan.train_end > 0
     }
+    return {user: seq for user, seq in sequences.items() if len(seq) >= (2 if holdout else 1)}
+
+
+def last_training_rows(train: datasets.Dataset) -> datasets.Dataset:
+    """Each user's last training sample (`make_split`'s `train` rows, whose prefixes grow in order per user): the
+    targets that `training_sequences(..., holdout=1)` leaves out."""
+    users = train["user_id"][:]
+    last = [i for i in range(len(users)) if i + 1 == len(users) or users[i + 1] != users[i]]
+    return train.select(last)
 
 
 def make_split(
@@ -173,4 +190,4 @@ def _empty_columns(timed: bool) -> dict[str, list]:
     return {name: [] for name in names}
 
 
-__all__ = ["STRATEGIES", "make_split", "training_sequences"]
+__all__ = ["STRATEGIES", "last_training_rows", "make_split", "training_sequences"]
