@@ -72,7 +72,7 @@ from speeder_hf.lora import merge_lora  # noqa: E402
 from speeder_hf.metrics import bucket_indices, mcnemar_test, rank_metrics, target_ranks  # noqa: E402
 from speeder_hf.modeling_sasrec import left_pad  # noqa: E402
 from speeder_hf.mpo import has_progress  # noqa: E402
-from speeder_hf.prior_calibration import fit_prior_weight  # noqa: E402
+from speeder_hf.prior_calibration import calibrate_prior, fit_prior_weight  # noqa: E402
 from speeder_hf.sasrec import sasrec_ranks  # noqa: E402
 
 logger = logging.getLogger("benchmarks.accuracy")
@@ -113,6 +113,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--save-steps", type=int, default=50, help="checkpoint every N optimizer steps (0: never); --resume continues"
     )
     parser.add_argument("--train-samples", type=int, default=4000, help="training samples per method (each once)")
+    parser.add_argument(
+        "--curve-every", type=int, default=0, help="speeder row: validation VHR@1 every N optimizer steps (0: no curve)"
+    )
+    parser.add_argument("--curve-users", type=int, default=500, help="validation users of the learning curve")
+    parser.add_argument(
+        "--calibration-rows",
+        type=int,
+        default=1000,
+        help="held-out rows, never trained on, the prior's weight is fitted on",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step")
     parser.add_argument(
         "--final-stage-share",
@@ -172,7 +182,7 @@ def apply_quick(args: argparse.Namespace, scratch: Path) -> None:
     torch.set_num_threads(1)  # tiny matrices gain nothing from threads, and spinning threads stall a busy machine
     args.llm = str(write_tiny_backbone(scratch / "tiny-llm"))
     args.datasets = ["synthetic"]
-    args.train_samples, args.batch_size, args.max_test_users = 24, 8, 12
+    args.train_samples, args.batch_size, args.max_test_users, args.calibration_rows = 24, 8, 12, 8
     args.eval_batch_size = args.generation_batch_size = 5  # 12 users: evaluated (and saved) in three batches
     args.max_new_tokens = 8
     args.save_steps = 1
@@ -396,8 +406,70 @@ class TrainClock(TrainerCallback):
         return record
 
 
+class LearningCurve(TrainerCallback):
+    """Validation VHR@1 of the model being trained, before training, every `every` optimizer steps and at each
+    stage's end, on fixed validation users, against the training samples seen and the training seconds spent so far
+    (this evaluation's own time left out). Records the first point where it passes `reference` (SASRec's HR@1 on
+    the same users) as `time_to_reference_s`."""
+
+    def __init__(self, model, tokenizer, data: BenchData, rows, clock: TrainClock, every: int, samples_per_step: int):
+        self.model, self.tokenizer, self.data, self.rows = model, tokenizer, data, rows
+        self.clock, self.every, self.samples_per_step = clock, every, samples_per_step
+        self.points: list[dict[str, Any]] = []
+        self.spent = 0.0  # seconds of curve evaluation, not training
+        self.steps_done = 0  # optimizer steps over all stages
+        self.samples_before = 0  # samples of the finished stages
+
+    def measure(self, model, samples: int) -> None:
+        started = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        outcomes = collect_outcomes(
+            model, self.tokenizer, self.rows, self.data.catalog.titles, self.data.catalog.texts,
+            batch_size=64, show_progress=False,
+        )  # fmt: skip
+        model.train(was_training)
+        self.spent += time.perf_counter() - started
+        self.points.append(
+            {
+                "train_samples": samples,
+                "train_seconds": round(self.clock.seconds() - self.spent, 1),
+                "VHR@1": float((outcomes.valid & outcomes.correct).mean()),
+            }
+        )
+
+    def seen(self, state, train_dataloader) -> int:
+        """Samples trained on so far: the finished stages' and this stage's steps (its last batch may be short)."""
+        return self.samples_before + min(state.global_step * self.samples_per_step, len(train_dataloader.dataset))
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not self.points:
+            self.measure(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        self.steps_done += 1
+        if self.steps_done % self.every == 0:
+            self.measure(model, self.seen(state, train_dataloader))
+
+    def on_train_end(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        samples = self.seen(state, train_dataloader)
+        if self.points[-1]["train_samples"] != samples:
+            self.measure(model, samples)
+        self.samples_before = samples
+
+    def summary(self, reference: float) -> dict[str, Any]:
+        passed = next((p for p in self.points if p["VHR@1"] > reference), None)
+        return {
+            "validation_users": len(self.rows),
+            "sasrec_validation_HR@1": reference,
+            "points": self.points,
+            "time_to_sasrec_s": passed["train_seconds"] if passed else None,
+            "samples_to_sasrec": passed["train_samples"] if passed else None,
+        }
+
+
 def run_method(
-    name: str, data: BenchData, split, test, train, args: argparse.Namespace
+    name: str, data: BenchData, split, test, train, calibration, args: argparse.Namespace
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Trains (LLM methods) and evaluates one method on one dataset; returns its per-row top-1 hits and its row."""
     start = time.perf_counter()
@@ -424,6 +496,10 @@ def run_method(
     work = args.work_dir / data.name / name
     sitting = start_sitting(work, training_settings(name, data, args), resume=args.resume)
     clock = TrainClock(work / SITTINGS_FILE, sitting["train_seconds"])
+    curve = None
+    if name == "speeder" and args.curve_every and sitting["sittings"] == 1:
+        rows = test_rows(split, args.curve_users, args.seed, "validation")
+        curve = LearningCurve(model, tokenizer, data, rows, clock, args.curve_every, args.batch_size)
     train_start = time.perf_counter()
     model, stages, per_stage = train_method(
         spec,
@@ -443,13 +519,23 @@ def run_method(
         bf16=device == "cuda",
         save_steps=args.save_steps or None,
         resume=sitting["sittings"] > 1,
-        callbacks=[clock],
+        callbacks=[clock] + ([curve] if curve else []),
         final_stage_share=args.final_stage_share,
     )
     trained = clock.finish()
-    if spec.collaborative_prior and data.held_out_sasrec is not None:
+    if curve:
+        trained["train_seconds"] = round(trained["train_seconds"] - curve.spent, 1)
+    prior = {}
+    if spec.collaborative_prior:  # as finetune does: fit the weight on the calibration rows, then read data.sasrec
         model = merge_lora(model)
-        model.set_collaborative_prior(data.sasrec)  # as `finetune` does: the learned weight on the full SASRec
+        rows = CandidateSamplingDataset(calibration, data.rec, args.num_candidates, args.seed)
+        prior["trained_weight"] = model.collaborative_prior.weight.item()
+        prior["weight"] = calibrate_prior(
+            model, tokenizer, [rows[i] for i in range(len(rows))], data.catalog.titles, data.catalog.texts,
+            args.eval_batch_size,
+        )  # fmt: skip
+        prior["calibration_rows"] = len(rows)
+        model.set_collaborative_prior(data.sasrec)
     hits, result = evaluate_llm(spec, model, tokenizer, data, test, args, work, sitting["sittings"])
     del model
     gc.collect()
@@ -469,7 +555,14 @@ def run_method(
         # more than one: interrupted and continued from a checkpoint (train_seconds adds the sittings up)
         "train_sittings": trained["trained_in_sittings"],
         "train_started_at_commit": sitting["commit"],
+        **({"collaborative_prior": prior} if prior else {}),
+        **({"learning_curve": curve.summary(sasrec_validation_hr1(data, curve.rows))} if curve else {}),
     }
+
+
+def sasrec_validation_hr1(data: BenchData, rows) -> float:
+    ranks, _ = sasrec_ranks(data.sasrec, rows, full_ranking=False, progress=False)
+    return float((ranks == 0).mean())
 
 
 def dataset_entry(data: BenchData, split, test, train, args: argparse.Namespace) -> dict[str, Any]:
@@ -553,10 +646,13 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
             data.rec, num_candidates=args.num_candidates, seed=args.seed, max_history_len=args.max_history_len
         )
         test = test_rows(split, args.max_test_users, args.seed, args.eval_split)
-        # With a held-out SASRec, the LLM methods train on the targets it never trained on (finetune's default).
+        # With a held-out SASRec, the LLM methods train on the targets it never trained on (finetune's default);
+        # the first rows are kept out of training to fit the prior's weight on.
         train = last_training_rows(split["train"]) if data.held_out_sasrec is not None else split["train"]
-        train = train.shuffle(seed=args.seed).select(range(min(args.train_samples, len(train))))
-        prepared[name] = (split, test, train)
+        train = train.shuffle(seed=args.seed)
+        calibration = train.select(range(min(args.calibration_rows, len(train) // 2)))
+        train = train.select(range(len(calibration), min(len(calibration) + args.train_samples, len(train))))
+        prepared[name] = (split, test, train, calibration)
         entry = dataset_entry(data, split, test, train, args)
         previous = results.get(name, {})
         entry["methods"] = previous.get("methods", {}) if args.resume else {}
@@ -567,7 +663,7 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
 
     for method in args.methods:
         for name, data in datasets.items():
-            split, test, train = prepared[name]
+            split, test, train, calibration = prepared[name]
             entry = results[name]
             if method in entry["methods"] and not args.redo:
                 logger.info("%s / %s: already in %s, kept (--resume)", name, method, out_json)
@@ -585,12 +681,14 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
                 entry["skipped"][method] = f"time budget of {args.time_budget_s:.0f} s spent ({elapsed:.0f} s)"
                 continue
             logger.info("%s / %s: start (%.0f s elapsed)", name, method, elapsed)
-            row_hits, entry["methods"][method] = run_method(method, data, split, test, train, args)
+            row_hits, entry["methods"][method] = run_method(method, data, split, test, train, calibration, args)
             hits.setdefault(name, {})[method] = {
                 "rows": rows_fingerprint(test),
                 "hits": "".join("1" if h else "0" for h in row_hits),
             }
             write_json(args.out / HITS_FILE, hits)
+            if "learning_curve" in entry["methods"][method]:
+                entry["time_to_sasrec_s"] = entry["methods"][method]["learning_curve"]["time_to_sasrec_s"]
             this_run["methods"].append(f"{name}/{method}")
             entry["skipped"].pop(method, None)
             logger.info("%s / %s: %s", name, method, {k: entry["methods"][method][k] for k in METRIC_KEYS[:3]})
@@ -666,6 +764,33 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_curves(results: dict[str, Any], path: Path) -> bool:
+    """Validation VHR@1 of the speeder row against training seconds, with SASRec's level, one panel per dataset;
+    False when no row has a curve."""
+    curves = {n: results[n]["methods"]["speeder"]["learning_curve"] for n in dataset_names(results)
+              if "learning_curve" in results[n]["methods"].get("speeder", {})}  # fmt: skip
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
+    for ax, (name, curve) in zip(axes[0], curves.items()):
+        seconds = [p["train_seconds"] for p in curve["points"]]
+        ax.plot(seconds, [p["VHR@1"] for p in curve["points"]], marker="o", label="Speeder")
+        ax.axhline(curve["sasrec_validation_HR@1"], color="gray", linestyle="--", label="SASRec")
+        ax.set_xlabel("training seconds")
+        ax.set_ylabel(f"validation VHR@1 ({curve['validation_users']} users)")
+        ax.set_title(name)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def write_outputs(results: dict[str, Any], out: Path) -> None:
     hits_file = out / HITS_FILE
     paired_tests(results, json.loads(hits_file.read_text()) if hits_file.is_file() else {})
@@ -673,6 +798,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     (out / "accuracy.md").write_text(markdown(results))
     try:
         plot(results, out / "accuracy.png")
+        plot_curves(results, out / "accuracy_curve.png")
     except ImportError as error:  # a bare GPU image may lack matplotlib; the JSON is what matters
         logger.warning("No accuracy.png (%s); rerun with --plot-only where matplotlib exists.", error)
 

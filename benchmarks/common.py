@@ -174,29 +174,32 @@ class MethodSpec:
 
 
 _NO_SPAE = (("spae_absolute", False), ("spae_relative", False))
+# Speeder's candidate scores are the pointer's and the prior's (finetune's default): a fresh LM head's label logits
+# are noise that training would first have to undo.
+_POINTER = (("label_logits", False),)
 METHODS: dict[str, MethodSpec] = {
     "speeder": MethodSpec(
-        "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), (),
+        "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), _POINTER,
         "Speeder: MRC gate + SPAE + MPO stages + SASRec prior", True,
     ),
     "speeder_no_prior": MethodSpec(
-        "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), (),
+        "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), _POINTER,
         "w/o collaborative prior: the LLM's candidate scores alone",
     ),
     "speeder_no_gate": MethodSpec(
-        "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), (("mrc_gate", False),),
+        "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), (("mrc_gate", False), *_POINTER),
         "w/o MRC gate: the experts of the available modalities are averaged", True,
     ),
     "speeder_no_spae": MethodSpec(
-        "speeder", "index", None, "mpo", ("mrc", "head", "lora"), _NO_SPAE,
+        "speeder", "index", None, "mpo", ("mrc", "head", "lora"), _NO_SPAE + _POINTER,
         "w/o SPAE: no position tokens, no recency", True,
     ),
     "speeder_no_mpo": MethodSpec(
-        "speeder", "index", None, "single", ("mrc", "spae", "head", "lora"), (),
+        "speeder", "index", None, "single", ("mrc", "spae", "head", "lora"), _POINTER,
         "w/o MPO: every modality and LoRA from the first step, one stage", True,
     ),
     "speeder_text_only": MethodSpec(
-        "speeder", "index", ("text",), "mpo", ("mrc", "spae", "head", "lora"), (),
+        "speeder", "index", ("text",), "mpo", ("mrc", "spae", "head", "lora"), _POINTER,
         "text modality only (align + text stages), with the prior", True,
     ),
     "llara": MethodSpec(

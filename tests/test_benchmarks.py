@@ -278,7 +278,7 @@ def test_layer_cut_still_reports_weights_that_did_not_load(tmp_path, caplog):
 def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     eff = efficiency.main(["--quick", "--out", str(out)])
-    acc = accuracy.main(["--quick", "--out", str(out)])
+    acc = accuracy.main(["--quick", "--out", str(out), "--curve-every", "1", "--curve-users", "6"])
     return out, eff, acc
 
 
@@ -334,6 +334,13 @@ def test_accuracy_quick_writes_every_field(quick_results):
     }
     hits = json.loads((out / accuracy.HITS_FILE).read_text())["synthetic"]
     assert hits["prior"] == hits["sasrec"] and len(hits["speeder"]["hits"]) == 12
+    curve = methods["speeder"]["learning_curve"]
+    samples = [p["train_samples"] for p in curve["points"]]
+    # From the untrained model to the last step, one point per step, training time only growing.
+    assert samples[0] == 0 and samples[-1] == methods["speeder"]["train_samples_seen"] and samples == sorted(samples)
+    assert len(samples) == len(set(samples)) and curve["validation_users"] == 6
+    assert entry["time_to_sasrec_s"] == curve["time_to_sasrec_s"] and (out / "accuracy_curve.png").is_file()
+    assert methods["speeder"]["train_seconds"] >= curve["points"][-1]["train_seconds"] - 0.2
     paired = methods["speeder"]["paired_vs_sasrec"]
     assert math.isclose(paired["difference"], methods["speeder"]["VHR@1"] - methods["sasrec"]["HR@1"], abs_tol=1e-6)
     assert "paired_vs_speeder" in methods["prior"] and 0 <= paired["p_value"] <= 1

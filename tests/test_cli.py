@@ -161,7 +161,10 @@ def test_train_saves_a_model_that_recommends(trained, tiny_data):
     assert [stage["name"] for stage in results["mpo_stages"]] == ["align", "id"]
     assert [stage["max_steps"] for stage in results["mpo_stages"]] == [1, 2]  # --final_stage_steps
     assert results["train_samples_seen"] == 3 * 2 and results["split"] == "test"
-    assert len(list((tiny_data / "cache").glob("sasrec-*/model.safetensors"))) == 1  # SASRec cached for a rerun
+    # Both SASRecs (all training items; each user's last held out) cached for a rerun
+    assert len(list((tiny_data / "cache").glob("sasrec-*/model.safetensors"))) == 2
+    prior = results["collaborative_prior"]
+    assert prior["mode"] == "in_training" and prior["weight"] > 0 and prior["calibration_rows"] > 0
     catalog = ItemCatalog.load(trained)
     history = [catalog.item_ids[0], catalog.titles[1]]
     (ranking,) = Recommender.from_pretrained(str(trained)).recommend([history], top_k=2)

@@ -58,6 +58,11 @@ class SpeederConfig(PretrainedConfig):
             `speeder` style, or `llara` with hybrid prompts); no effect in title mode.
         candidate_pointer_dim (`int`):
             Rank of the pointer's query and key projections.
+        label_logits (`bool`):
+            In index mode, count the LM head's logits of the label tokens in the candidate scores. False: the scores
+            are the candidate pointer's and the collaborative prior's alone, so a fresh model (whose pointer adds
+            zero) ranks exactly as its prior; a fresh LM head's label logits are noise that the first training steps
+            would have to undo. Needs the pointer (`candidate_pointer`) or a prior.
         collaborative_prior (`dict`, *optional*):
             The constructor arguments of a SASRec network (`SASRecNetwork.settings`) whose candidate scores enter
             the candidate label scores with a learned weight (see `collaborative_prior`); set by
@@ -110,6 +115,7 @@ class SpeederConfig(PretrainedConfig):
         answer_loss: str = "labels",
         candidate_pointer: bool = True,
         candidate_pointer_dim: int = 256,
+        label_logits: bool = True,
         collaborative_prior: dict[str, Any] | None = None,
         item_token_norm: float | None = None,
         max_history_len: int = 20,
@@ -164,6 +170,7 @@ class SpeederConfig(PretrainedConfig):
         self.answer_loss = answer_loss
         self.candidate_pointer = candidate_pointer
         self.candidate_pointer_dim = candidate_pointer_dim
+        self.label_logits = label_logits
         self.collaborative_prior = dict(collaborative_prior) if collaborative_prior is not None else None
         self.item_token_norm = item_token_norm
         self.max_history_len = max_history_len

@@ -84,6 +84,12 @@ class FinetuneArguments:
             "(the LLM learns what SASRec misses), after_training (added to the trained LLM's scores) or none."
         },
     )
+    label_logits: bool = field(
+        default=False,
+        metadata={
+            "help": "Count the LM head's label-token logits in the candidate scores (else pointer + prior only)."
+        },
+    )
     calibration_rows: int = field(
         default=1000,
         metadata={"help": "Held-out training rows, kept out of training, that the prior's final weight is fitted on."},
@@ -221,6 +227,7 @@ def build_model(
         prompt_style=args.prompt_style,
         answer_mode=args.answer_mode,
         answer_loss=args.answer_loss,
+        label_logits=args.label_logits,
     )
     model.set_item_features(*catalog.feature_tensors(modalities))
     if sasrec is not None:
@@ -326,9 +333,7 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         weight = calibrate_prior(
             model, tokenizer, [rows[i] for i in range(len(rows))], catalog.titles, catalog.texts, args.eval_batch_size
         )
-        prior_record.update(
-            trained_weight=model.collaborative_prior.weight.item(), weight=weight, calibration_rows=len(rows)
-        )
+        prior_record.update(weight=weight, calibration_rows=len(rows))
         logger.info("Collaborative prior: weight %.3f fitted on %d calibration rows", weight, len(rows))
         # The prior now reads the SASRec of every training item, with the fitted weight (both SASRecs rank items
         # they never trained on alike): the saved model's prior is its retriever.

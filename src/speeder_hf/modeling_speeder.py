@@ -332,6 +332,8 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         """Adds the pointer's `(B, K, C)` and the prior's `(B, C)` scores to the label columns of `logits`
         `(B, K, V)`, for the parts the model has."""
         label_ids = self._label_ids(num_candidates, logits.device)
+        if not self.config.label_logits:
+            logits = logits.index_fill(-1, label_ids, 0.0)  # the label tokens' LM-head logits do not count
         if self.candidate_pointer is not None:
             if inputs.input_ids is None:
                 raise ValueError("The candidate pointer finds candidate slots in input_ids; pass input_ids.")
