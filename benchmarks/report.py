@@ -159,7 +159,8 @@ def accuracy_section(result: dict[str, Any], image: str) -> list[str]:
             )
         for name, reason in entry.get("skipped", {}).items():
             lines.append(f"| {name} | skipped: {reason} |" + " |" * len(METRICS))
-        lines += ["", *accuracy_targets(methods, data["test_users"]), *answer_examples(methods), ""]
+        lines += ["", *accuracy_targets(methods, data["test_users"]), *curve_lines(methods), *answer_examples(methods)]
+        lines.append("")
     lines.append(
         "Title-answer methods (llara, text, mllm) generate one answer (LLaRA's parser), so they have no ranking "
         "metrics (–). SASRec ranks all candidates: its VHR@1 is its HR@1."
@@ -199,6 +200,46 @@ def paired_verdict(paired: dict[str, Any]) -> str:
     if gap > 0:
         return f"below the full model by {gap:.4f} ({'significant' if p < 0.05 else 'not significant'}; {test})"
     return f"**not below the full model** (by {-gap:.4f}: does not help here; {test})"
+
+
+def curve_lines(methods: dict[str, dict]) -> list[str]:
+    """The speeder row's learning curve on validation users, and when it first passed SASRec."""
+    curve = methods.get("speeder", {}).get("learning_curve")
+    if not curve:
+        return []
+    points = ", ".join(f"{p['train_samples']}: {p['VHR@1']:.3f}" for p in curve["points"])
+    passed = curve["time_to_sasrec_s"]
+    when = (
+        f"first above it after {passed:.0f} s of training ({curve['samples_to_sasrec']} samples)"
+        if passed is not None
+        else "**never above it** during training"
+    )
+    return [
+        f"- learning curve (validation VHR@1 of {curve['validation_users']} users by training samples; SASRec "
+        f"{curve['sasrec_validation_HR@1']:.3f}): {points}; {when} (`time_to_sasrec_s`)"
+    ]
+
+
+def two_stage_section(result: dict[str, Any]) -> list[str]:
+    """SASRec retrieves, Speeder reranks: full-catalog ranking against SASRec's own (`benchmarks/two_stage.py`)."""
+    lines = ["### Two-stage recommendation over the whole catalog", ""]
+    for dataset, entry in result.items():
+        sasrec, two = entry["sasrec"], entry["two_stage"]
+        lines += [
+            f"**{dataset}**: {entry['protocol']}; {entry['n_users']} users; retriever recall@{entry['retrieved']} "
+            f"{entry['retriever_recall']:.4f}.",
+            f"- command: `{entry['command']}`; machine: {entry['machine']['device']}; date: {entry['date']}",
+            "",
+            "| ranking | HR@1 | HR@5 | HR@10 | NDCG@5 | NDCG@10 |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, row in (("SASRec, full catalog", sasrec), ("SASRec top K, Speeder rerank", two)):
+            lines.append(
+                f"| {name} | " + " | ".join(_fmt(row[k]) for k in ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")) + " |"
+            )
+        ok = two["NDCG@10"] >= sasrec["NDCG@10"]
+        lines += ["", f"- two-stage NDCG@10 {two['NDCG@10']:.4f} >= SASRec's {sasrec['NDCG@10']:.4f}: {_mark(ok)}", ""]
+    return lines
 
 
 def answer_examples(methods: dict[str, dict], shown: int = 3, width: int = 60) -> list[str]:
@@ -306,6 +347,8 @@ def render(results_dir: Path, output: Path) -> str:
             continue
         image = os.path.relpath(results_dir / f"{name}.png", output.parent)
         lines += section(json.loads(path.read_text()), image) + [""]
+    if (results_dir / "two_stage.json").is_file():
+        lines += two_stage_section(json.loads((results_dir / "two_stage.json").read_text()))
     if (results_dir / "mpo_share.json").is_file():
         image = os.path.relpath(results_dir / "mpo_share.png", output.parent)
         lines += mpo_share_section(json.loads((results_dir / "mpo_share.json").read_text()), image)

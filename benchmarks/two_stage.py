@@ -47,10 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 @torch.no_grad()
 def rerank_ranks(model, tokenizer, catalog, rows, retrieved: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Per row, the target's 0-based position in Speeder's order of the retrieved items, or K when SASRec did not
-    retrieve it (a miss at every cut-off up to K)."""
+    """Per row, the target's 0-based position in Speeder's order of the retrieved items, or the catalog size when
+    SASRec did not retrieve it (a miss at every cut-off)."""
     collator = SpeederDataCollator(tokenizer, model.config, catalog.titles, catalog.texts, mode="eval")
-    k = retrieved.shape[1]
+    k = retrieved.shape[1]  # K
     ranks = []
     for begin in tqdm(range(0, len(rows), batch_size), desc="Reranking"):
         chunk = rows[begin : begin + batch_size]
@@ -66,7 +66,8 @@ def rerank_ranks(model, tokenizer, catalog, rows, retrieved: torch.Tensor, batch
         order = presented.gather(1, scores.argsort(1, descending=True))  # (B, K) items, best first
         target = torch.tensor([r["target"] for r in chunk])[:, None]
         found = order == target
-        ranks.append(torch.where(found.any(1), found.int().argmax(1), torch.full((len(chunk),), k)).numpy())
+        missed = torch.full((len(chunk),), len(catalog))
+        ranks.append(torch.where(found.any(1), found.int().argmax(1), missed).numpy())
     return np.concatenate(ranks)
 
 

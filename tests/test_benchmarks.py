@@ -344,6 +344,8 @@ def test_accuracy_quick_writes_every_field(quick_results):
     paired = methods["speeder"]["paired_vs_sasrec"]
     assert math.isclose(paired["difference"], methods["speeder"]["VHR@1"] - methods["sasrec"]["HR@1"], abs_tol=1e-6)
     assert "paired_vs_speeder" in methods["prior"] and 0 <= paired["p_value"] <= 1
+    section = "\n".join(report.accuracy_section(result, "accuracy.png"))
+    assert "- learning curve (validation VHR@1 of 6 users by training samples" in section and "McNemar" in section
     stages = {name: [s["name"] for s in m["stages"]] for name, m in entry["methods"].items() if "stages" in m}
     assert stages["speeder"] == ["align", "text", "text+image", "all"] and stages["speeder_no_mpo"] == ["all"]
     assert "| speeder |" in (out / "accuracy.md").read_text()

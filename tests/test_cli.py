@@ -206,3 +206,21 @@ def test_build_catalog(tiny_data, tmp_path, capsys):
     sasrec = SASRec.from_pretrained(out / "sasrec")
     assert sasrec.num_items == len(catalog)
     assert f"Saved the catalog of {len(catalog)} items" in capsys.readouterr().out
+
+
+def test_two_stage_ranks_the_whole_catalog_and_cannot_find_what_was_not_retrieved(trained, tiny_data, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import report
+    import two_stage
+
+    argv = ["--model-dir", str(trained), "--dataset", str(tiny_data / "data"), "--max-users", "12"]
+    entry = two_stage.main(argv + ["--retrieve", "5", "--out", str(tmp_path)])[str(tiny_data / "data")]
+    assert entry["n_users"] == 12 and entry["retrieved"] == 5
+    sasrec, two = entry["sasrec"], entry["two_stage"]
+    # Reranking only reorders the retrieved items: at the cut-off K both find exactly the retrieved targets.
+    assert two["HR@5"] == pytest.approx(entry["retriever_recall"]) == pytest.approx(sasrec["HR@5"])
+    assert two["HR@10"] <= entry["retriever_recall"] + 1e-9 and 0 <= two["NDCG@10"] <= two["HR@10"]
+    section = "\n".join(report.two_stage_section(json.loads((tmp_path / "two_stage.json").read_text())))
+    assert "| SASRec top K, Speeder rerank |" in section and "two-stage NDCG@10" in section

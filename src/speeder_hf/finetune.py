@@ -241,14 +241,15 @@ def machine_description() -> str:
 
 
 def print_comparison(speeder: dict[str, Any], sasrec: dict[str, Any], split: str) -> None:
-    """Prints Speeder's and SASRec's metrics side by side (Speeder's VHR@1 is its HR@1 in index mode)."""
-    names = ["HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR"]
+    """Prints Speeder's and SASRec's metrics side by side on the same users and candidates (Speeder's VHR@1 is its
+    HR@1 in index mode: every answer names a candidate)."""
     print(f"\n{split} split, {speeder['num_samples']} users, the same candidates for both:")
-    print(f"{'metric':<10}{'Speeder':>10}{'SASRec':>10}")
-    for name in names:
-        if name in speeder and name in sasrec:
-            print(f"{name:<10}{speeder[name]:>10.4f}{sasrec[name]:>10.4f}")
-    print(f"{'VHR@1':<10}{speeder['VHR@1']:>10.4f}{'':>10}")
+    print(f"{'metric':<16}{'Speeder':>10}{'SASRec':>10}")
+    print(f"{'VHR@1 / HR@1':<16}{speeder['VHR@1']:>10.4f}{sasrec['HR@1']:>10.4f}")
+    for name in ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR"):
+        print(f"{name:<16}{speeder[name]:>10.4f}{sasrec[name]:>10.4f}")
+    better = "Speeder" if speeder["VHR@1"] > sasrec["HR@1"] else "SASRec"
+    print(f"Higher VHR@1: {better}")
 
 
 def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
