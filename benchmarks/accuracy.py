@@ -65,6 +65,7 @@ from common import (  # noqa: E402
 
 from speeder_hf import SpeederConfig  # noqa: E402
 from speeder_hf.collaborative_prior import CollaborativePrior  # noqa: E402
+from speeder_hf.collator import SpeederDataCollator  # noqa: E402
 from speeder_hf.data import CandidateSamplingDataset, last_training_rows, make_split  # noqa: E402
 from speeder_hf.evaluation import RankingOutcomes, collect_outcomes  # noqa: E402
 from speeder_hf.finetune import PRIOR_FIT_ROWS  # noqa: E402
@@ -78,6 +79,7 @@ from speeder_hf.sasrec import sasrec_ranks  # noqa: E402
 logger = logging.getLogger("benchmarks.accuracy")
 
 PRIOR = "prior"  # the collaborative prior alone: SASRec's scores through Speeder's prior module
+NO_PRIOR = "speeder_no_prior"  # measured on the speeder row's model before the prior joins
 HITS_FILE = "accuracy_hits.json"  # per dataset and method: the evaluated rows' fingerprint and per-user top-1 hits
 
 # Run order (interleaved over datasets): the headline comparison first, so a run cut short keeps it.
@@ -214,7 +216,15 @@ EVAL_FOLDER = "eval"
 
 
 def evaluate_llm(
-    spec, model, tokenizer, data: BenchData, test, args: argparse.Namespace, work: Path, sitting: int
+    spec,
+    model,
+    tokenizer,
+    data: BenchData,
+    test,
+    args: argparse.Namespace,
+    work: Path,
+    sitting: int,
+    folder: str = EVAL_FOLDER,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Evaluates one batch of test rows at a time and saves each batch's outcomes under `work/eval` as it finishes:
     title generation for 1,000 users runs for up to an hour on CPU, and a continued run (`--resume`) evaluates only
@@ -225,7 +235,7 @@ def evaluate_llm(
     if torch.cuda.is_available():
         model = model.to(torch.bfloat16)
     batch_size = args.eval_batch_size if spec.answer_mode == "index" else args.generation_batch_size
-    folder = work / EVAL_FOLDER
+    folder = work / folder
     commit = machine_description()["git_commit_at_start"]
     parts, seconds, sittings = [], 0.0, set()
     for begin in tqdm(
@@ -407,16 +417,25 @@ class TrainClock(TrainerCallback):
 
 
 class LearningCurve(TrainerCallback):
-    """Validation VHR@1 of the model being trained, before training, every `every` optimizer steps and at each
-    stage's end, on fixed validation users, against the training samples seen and the training seconds spent so far
-    (this evaluation's own time left out). Records the first point where it passes `reference` (SASRec's HR@1 on
-    the same users) as `time_to_reference_s`."""
+    """Validation VHR@1 of the model being trained, as it would be deployed: its prior reading the full SASRec, or,
+    for a model trained without one, fused with it at a weight cross-fitted over the curve users. Measured before
+    training, every `every` optimizer steps and at each stage's end, on fixed validation users, against the
+    training samples seen and the training seconds so far (this evaluation's own time left out). `summary` gives
+    the first point above SASRec's HR@1 on the same users (`time_to_sasrec_s`)."""
 
-    def __init__(self, model, tokenizer, data: BenchData, rows, clock: TrainClock, every: int, samples_per_step: int):
-        self.model, self.tokenizer, self.data, self.rows = model, tokenizer, data, rows
+    def __init__(self, tokenizer, data: BenchData, rows, clock: TrainClock, every: int, samples_per_step: int):
+        self.tokenizer, self.data = tokenizer, data
         self.clock, self.every, self.samples_per_step = clock, every, samples_per_step
         self.points: list[dict[str, Any]] = []
         self.spent = 0.0  # seconds of curve evaluation, not training
+        self.rows = [dict(row) for row in rows]
+        self.targets = torch.tensor([row["candidates"].index(row["target"]) for row in self.rows])  # (N,)
+        # For a model without a prior in training: the full SASRec's scores of the same candidates, to fuse with.
+        self.prior = CollaborativePrior(SpeederConfig(collaborative_prior=data.sasrec.settings))
+        self.prior.sasrec.load_state_dict(data.sasrec.state_dict())
+        max_len = self.prior.sasrec.max_len
+        history = left_pad([row["history"][-max_len:] for row in self.rows], "cpu")  # (N, L)
+        self.fusion = (history, torch.tensor([row["candidates"] for row in self.rows]))  # (N, L), (N, C)
         self.steps_done = 0  # optimizer steps over all stages
         self.samples_before = 0  # samples of the finished stages
 
@@ -424,19 +443,49 @@ class LearningCurve(TrainerCallback):
         started = time.perf_counter()
         was_training = model.training
         model.eval()
-        outcomes = collect_outcomes(
-            model, self.tokenizer, self.rows, self.data.catalog.titles, self.data.catalog.texts,
-            batch_size=64, show_progress=False,
-        )  # fmt: skip
-        model.train(was_training)
+        # Measured as it would be deployed: the prior reads the full SASRec (training's reads the held-out one).
+        prior = getattr(model, "collaborative_prior", None)
+        held = None
+        if prior is not None and self.data.held_out_sasrec is not None:
+            held = {key: value.clone() for key, value in prior.sasrec.state_dict().items()}
+            prior.sasrec.load_state_dict(self.data.sasrec.state_dict())
+        try:
+            scores = self.scores(model)  # (N, C)
+        finally:
+            if held is not None:
+                prior.sasrec.load_state_dict(held)
+            model.train(was_training)
+        point = {"train_samples": samples, "VHR@1": float((scores.argmax(1) == self.targets).float().mean())}
+        if prior is None and self.fusion is not None:
+            point["llm_VHR@1"], point["VHR@1"] = point["VHR@1"], self.fused_hr1(scores)
         self.spent += time.perf_counter() - started
-        self.points.append(
-            {
-                "train_samples": samples,
-                "train_seconds": round(self.clock.seconds() - self.spent, 1),
-                "VHR@1": float((outcomes.valid & outcomes.correct).mean()),
-            }
+        self.points.append({**point, "train_seconds": round(self.clock.seconds() - self.spent, 1)})
+
+    @torch.no_grad()
+    def scores(self, model) -> torch.Tensor:
+        """The model's candidate scores `(N, C)` of the curve users, candidates in row order."""
+        collator = SpeederDataCollator(
+            self.tokenizer, model.config, self.data.catalog.titles, self.data.catalog.texts, mode="eval"
         )
+        parts = []
+        for begin in range(0, len(self.rows), 64):
+            batch = collator(self.rows[begin : begin + 64])
+            width = SpeederDataCollator.pop_metadata(batch)["candidate_items"].shape[1]
+            batch = {key: value.to(model.device) for key, value in batch.items()}
+            parts.append(model.score_candidates(num_candidates=width, **batch).float().cpu())
+        return torch.cat(parts)
+
+    def fused_hr1(self, llm_scores: torch.Tensor) -> float:
+        """HR@1 of the LLM's scores plus the full SASRec's with its weight cross-fitted over two halves of the curve
+        users (fitted on one half, measured on the other), so no user's own outcome sets its weight."""
+        history, candidates = self.fusion
+        halves = torch.arange(len(self.targets)) % 2 == 0
+        hits = torch.zeros(len(self.targets), dtype=torch.bool)
+        for fit, measured in ((halves, ~halves), (~halves, halves)):
+            self.prior.fit_weight(history[fit], candidates[fit], self.targets[fit], other_scores=llm_scores[fit])
+            fused = llm_scores[measured] + self.prior(history[measured], candidates[measured])
+            hits[measured] = fused.argmax(1) == self.targets[measured]
+        return float(hits.float().mean())
 
     def seen(self, state, train_dataloader) -> int:
         """Samples trained on so far: the finished stages' and this stage's steps (its last batch may be short)."""
@@ -469,9 +518,10 @@ class LearningCurve(TrainerCallback):
 
 
 def run_method(
-    name: str, data: BenchData, split, test, train, calibration, args: argparse.Namespace
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Trains (LLM methods) and evaluates one method on one dataset; returns its per-row top-1 hits and its row."""
+    name: str, data: BenchData, split, test, train, args: argparse.Namespace
+) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """Trains (LLM methods) and evaluates one method on one dataset; returns its per-row top-1 hits and its row,
+    by row name (the speeder method also gives `speeder_no_prior`, its LLM before the prior joins)."""
     start = time.perf_counter()
     if name in (SASREC, PRIOR):
         hits, result = (evaluate_sasrec_rows if name == SASREC else evaluate_prior_rows)(data, test)
@@ -479,14 +529,16 @@ def run_method(
             SASREC: "SASRec (the id modality's model), trained on all training sequences",
             PRIOR: "the collaborative prior alone: SASRec's scores through Speeder's prior module",
         }[name]
-        return hits, {**result, "description": description, "eval_seconds": round(time.perf_counter() - start, 1)}
+        return {
+            name: (hits, {**result, "description": description, "eval_seconds": round(time.perf_counter() - start, 1)})
+        }
     spec = METHODS[name]
     model, tokenizer = build_model(
         spec, data, args.llm, args.max_history_len, args.num_candidates, num_layers=args.llm_layers
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    if spec.collaborative_prior:  # as finetune does: start from the prior's calibrated weight
+    if spec.collaborative_prior == "in_training":  # as finetune does: start from the prior's calibrated weight
         rows = CandidateSamplingDataset(train, data.rec, args.num_candidates, args.seed)
         fit_prior_weight(model.collaborative_prior, [rows[i] for i in range(min(PRIOR_FIT_ROWS, len(rows)))])
     probe = CandidateSamplingDataset(train.select(range(min(64, len(train)))), data.rec, args.num_candidates, args.seed)
@@ -496,10 +548,10 @@ def run_method(
     work = args.work_dir / data.name / name
     sitting = start_sitting(work, training_settings(name, data, args), resume=args.resume)
     clock = TrainClock(work / SITTINGS_FILE, sitting["train_seconds"])
+    curve_rows, calibration = validation_rows(split, args)
     curve = None
     if name == "speeder" and args.curve_every and sitting["sittings"] == 1:
-        rows = test_rows(split, args.curve_users, args.seed, "validation")
-        curve = LearningCurve(model, tokenizer, data, rows, clock, args.curve_every, args.batch_size)
+        curve = LearningCurve(tokenizer, data, curve_rows, clock, args.curve_every, args.batch_size)
     train_start = time.perf_counter()
     model, stages, per_stage = train_method(
         spec,
@@ -525,25 +577,35 @@ def run_method(
     trained = clock.finish()
     if curve:
         trained["train_seconds"] = round(trained["train_seconds"] - curve.spent, 1)
+    produced = {}
     prior = {}
-    if spec.collaborative_prior:  # as finetune does: fit the weight on the calibration rows, then read data.sasrec
+    if spec.collaborative_prior:  # as finetune does: the full SASRec, its weight fitted on validation users
         model = merge_lora(model)
-        rows = CandidateSamplingDataset(calibration, data.rec, args.num_candidates, args.seed)
-        prior["trained_weight"] = model.collaborative_prior.weight.item()
-        prior["weight"] = calibrate_prior(
-            model, tokenizer, [rows[i] for i in range(len(rows))], data.catalog.titles, data.catalog.texts,
-            args.eval_batch_size,
-        )  # fmt: skip
-        prior["calibration_rows"] = len(rows)
+        if model.collaborative_prior is not None:
+            prior["trained_weight"] = model.collaborative_prior.weight.item()
+        elif name == "speeder":  # the LLM alone, before the prior joins: the recipe without the prior
+            produced[NO_PRIOR] = evaluate_llm(spec, model, tokenizer, data, test, args, work, sitting["sittings"])
         model.set_collaborative_prior(data.sasrec)
-    hits, result = evaluate_llm(spec, model, tokenizer, data, test, args, work, sitting["sittings"])
+        prior["weight"] = calibrate_prior(
+            model, tokenizer, calibration, data.catalog.titles, data.catalog.texts, args.eval_batch_size
+        )
+        prior["calibration_validation_users"] = len(calibration)
+    hits, result = evaluate_llm(
+        spec,
+        model,
+        tokenizer,
+        data,
+        test,
+        args,
+        work,
+        sitting["sittings"],
+        folder="eval-prior" if prior else EVAL_FOLDER,
+    )
     del model
     gc.collect()
     if device == "cuda":
         torch.cuda.empty_cache()
-    return hits, {
-        **result,
-        "description": spec.description,
+    shared = {
         "stages": [{"name": s.name, "modalities": s.modalities, "train": s.train} for s in stages],
         "train_samples_per_stage": per_stage,
         "train_samples_seen": sum(per_stage),
@@ -555,9 +617,28 @@ def run_method(
         # more than one: interrupted and continued from a checkpoint (train_seconds adds the sittings up)
         "train_sittings": trained["trained_in_sittings"],
         "train_started_at_commit": sitting["commit"],
-        **({"collaborative_prior": prior} if prior else {}),
-        **({"learning_curve": curve.summary(sasrec_validation_hr1(data, curve.rows))} if curve else {}),
     }
+    rows = {name: (hits, {**result, "description": spec.description, **shared})}
+    if prior:
+        rows[name][1]["collaborative_prior"] = prior
+    if curve:
+        rows[name][1]["learning_curve"] = curve.summary(sasrec_validation_hr1(data, curve_rows))
+    for other, (other_hits, other_result) in produced.items():
+        description = f"{METHODS[other].description} (the speeder row's model before the prior joins)"
+        rows[other] = (other_hits, {**other_result, "description": description, **shared})
+    return rows
+
+
+def validation_rows(split, args: argparse.Namespace):
+    """Disjoint seeded subsets of the validation users: the learning curve's, and the ones the prior's weight is
+    fitted on."""
+    validation = split["validation"]
+    order = np.random.default_rng(args.seed).permutation(len(validation))
+    calibration = np.sort(order[: args.calibration_rows])
+    curve = np.sort(order[args.calibration_rows : args.calibration_rows + args.curve_users])
+    if len(calibration) == 0:
+        raise ValueError("No validation users to fit the prior's weight on: the split has none.")
+    return validation.select(curve.tolist()), validation.select(calibration.tolist())
 
 
 def sasrec_validation_hr1(data: BenchData, rows) -> float:
@@ -646,13 +727,10 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
             data.rec, num_candidates=args.num_candidates, seed=args.seed, max_history_len=args.max_history_len
         )
         test = test_rows(split, args.max_test_users, args.seed, args.eval_split)
-        # With a held-out SASRec, the LLM methods train on the targets it never trained on (finetune's default);
-        # the first rows are kept out of training to fit the prior's weight on.
+        # With a held-out SASRec, the LLM methods train on the targets it never trained on (finetune's default).
         train = last_training_rows(split["train"]) if data.held_out_sasrec is not None else split["train"]
-        train = train.shuffle(seed=args.seed)
-        calibration = train.select(range(min(args.calibration_rows, len(train) // 2)))
-        train = train.select(range(len(calibration), min(len(calibration) + args.train_samples, len(train))))
-        prepared[name] = (split, test, train, calibration)
+        train = train.shuffle(seed=args.seed).select(range(min(args.train_samples, len(train))))
+        prepared[name] = (split, test, train)
         entry = dataset_entry(data, split, test, train, args)
         previous = results.get(name, {})
         entry["methods"] = previous.get("methods", {}) if args.resume else {}
@@ -663,8 +741,10 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
 
     for method in args.methods:
         for name, data in datasets.items():
-            split, test, train, calibration = prepared[name]
+            split, test, train = prepared[name]
             entry = results[name]
+            if f"{name}/{method}" in this_run["methods"]:
+                continue  # measured already in this run, with the speeder row
             if method in entry["methods"] and not args.redo:
                 logger.info("%s / %s: already in %s, kept (--resume)", name, method, out_json)
                 continue
@@ -681,11 +761,15 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
                 entry["skipped"][method] = f"time budget of {args.time_budget_s:.0f} s spent ({elapsed:.0f} s)"
                 continue
             logger.info("%s / %s: start (%.0f s elapsed)", name, method, elapsed)
-            row_hits, entry["methods"][method] = run_method(method, data, split, test, train, calibration, args)
-            hits.setdefault(name, {})[method] = {
-                "rows": rows_fingerprint(test),
-                "hits": "".join("1" if h else "0" for h in row_hits),
-            }
+            for row_name, (row_hits, row) in run_method(method, data, split, test, train, args).items():
+                entry["methods"][row_name] = row
+                if row_name != method:
+                    forget_row(results["runs"], f"{name}/{row_name}", keep=this_run)
+                    this_run["methods"].append(f"{name}/{row_name}")
+                hits.setdefault(name, {})[row_name] = {
+                    "rows": rows_fingerprint(test),
+                    "hits": "".join("1" if h else "0" for h in row_hits),
+                }
             write_json(args.out / HITS_FILE, hits)
             if "learning_curve" in entry["methods"][method]:
                 entry["time_to_sasrec_s"] = entry["methods"][method]["learning_curve"]["time_to_sasrec_s"]

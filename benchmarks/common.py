@@ -155,8 +155,8 @@ class MethodSpec:
         trains: parameter groups of the LoRA stage (`speeder_hf.mpo.GROUPS`).
         config: extra `SpeederConfig` fields.
         description: one line for the result files.
-        collaborative_prior: add the prepared SASRec's candidate scores with a learned weight
-            (`SpeederForSequentialRec.set_collaborative_prior`).
+        collaborative_prior: how the prepared SASRec's candidate scores join the model's, with a fitted weight
+            (`speeder_hf.finetune`'s `collaborative_prior`): "in_training", "after_training", or "" for none.
     """
 
     prompt_style: str
@@ -166,7 +166,7 @@ class MethodSpec:
     trains: tuple[str, ...]
     config: tuple[tuple[str, Any], ...] = ()
     description: str = ""
-    collaborative_prior: bool = False
+    collaborative_prior: str = ""
 
     @property
     def needs_images(self) -> bool:
@@ -180,7 +180,7 @@ _POINTER = (("label_logits", False),)
 METHODS: dict[str, MethodSpec] = {
     "speeder": MethodSpec(
         "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), _POINTER,
-        "Speeder: MRC gate + SPAE + MPO stages + SASRec prior", True,
+        "Speeder: MRC gate + SPAE + MPO stages + SASRec prior", "after_training",
     ),
     "speeder_no_prior": MethodSpec(
         "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), _POINTER,
@@ -188,19 +188,19 @@ METHODS: dict[str, MethodSpec] = {
     ),
     "speeder_no_gate": MethodSpec(
         "speeder", "index", None, "mpo", ("mrc", "spae", "head", "lora"), (("mrc_gate", False), *_POINTER),
-        "w/o MRC gate: the experts of the available modalities are averaged", True,
+        "w/o MRC gate: the experts of the available modalities are averaged", "after_training",
     ),
     "speeder_no_spae": MethodSpec(
         "speeder", "index", None, "mpo", ("mrc", "head", "lora"), _NO_SPAE + _POINTER,
-        "w/o SPAE: no position tokens, no recency", True,
+        "w/o SPAE: no position tokens, no recency", "after_training",
     ),
     "speeder_no_mpo": MethodSpec(
         "speeder", "index", None, "single", ("mrc", "spae", "head", "lora"), _POINTER,
-        "w/o MPO: every modality and LoRA from the first step, one stage", True,
+        "w/o MPO: every modality and LoRA from the first step, one stage", "after_training",
     ),
     "speeder_text_only": MethodSpec(
         "speeder", "index", ("text",), "mpo", ("mrc", "spae", "head", "lora"), _POINTER,
-        "text modality only (align + text stages), with the prior", True,
+        "text modality only (align + text stages), with the prior", "after_training",
     ),
     "llara": MethodSpec(
         "llara", "title", ("id",), "single", ("mrc", "lora"), _NO_SPAE,
@@ -257,7 +257,7 @@ def build_model(
     else:
         model = SpeederForSequentialRec.from_llm(llm_model, tokenizer, **kwargs)
     model.set_item_features(*data.catalog.feature_tensors(modalities))
-    if spec.collaborative_prior:
+    if spec.collaborative_prior == "in_training":
         prior = data.held_out_sasrec or data.sasrec  # training's prior; evaluation swaps in data.sasrec
         if prior is None:
             raise ValueError(f"{data.name!r} has no prepared SASRec for the collaborative prior.")

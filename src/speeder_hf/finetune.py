@@ -78,7 +78,7 @@ class FinetuneArguments:
         },
     )
     collaborative_prior: str = field(
-        default="in_training",
+        default="after_training",
         metadata={
             "help": "SASRec's candidate scores in Speeder's, with a fitted weight (needs the id modality): in_training "
             "(the LLM learns what SASRec misses), after_training (added to the trained LLM's scores) or none."
@@ -91,8 +91,8 @@ class FinetuneArguments:
         },
     )
     calibration_rows: int = field(
-        default=1000,
-        metadata={"help": "Held-out training rows, kept out of training, that the prior's final weight is fitted on."},
+        default=2000,
+        metadata={"help": "Validation users (the split's last ones) that the prior's weight is fitted on."},
     )
     max_train_samples: int | None = field(default=4000, metadata={"help": "Subsample training prefixes (None=all)."})
     stage_steps: int = field(default=40, metadata={"help": "Optimizer steps per MPO stage."})
@@ -235,6 +235,19 @@ def build_model(
     return model, tokenizer
 
 
+def calibration_users(split, args: FinetuneArguments, num_evaluated: int):
+    """The last `args.calibration_rows` validation users, which the prior's weight is fitted on: disjoint from the
+    evaluated users (the first ones) when the job evaluates the validation split."""
+    validation = split["validation"]
+    count = min(args.calibration_rows, len(validation))
+    if args.eval_split == "validation" and num_evaluated + count > len(validation):
+        raise ValueError(
+            f"--max_eval_samples {num_evaluated} and --calibration_rows {count} overlap on the {len(validation)} "
+            "validation users: lower one of them."
+        )
+    return validation.select(range(len(validation) - count, len(validation)))
+
+
 def machine_description() -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     return f"{platform.machine()} {device}, {torch.get_num_threads()} threads, torch {torch.__version__}"
@@ -266,16 +279,16 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         raise ValueError(
             "--collaborative_prior needs a SASRec: keep 'id' in --modalities, or pass --collaborative_prior none."
         )
-    # The prior that rows held out from the feature SASRec are scored with (training and calibration).
-    fold_prior = held_out or sasrec
-    model, tokenizer = build_model(catalog, args, fold_prior if args.collaborative_prior == "in_training" else None)
+    # In training, the prior reads the SASRec that never trained on the training targets.
+    training_prior = (held_out or sasrec) if args.collaborative_prior == "in_training" else None
+    model, tokenizer = build_model(catalog, args, training_prior)
+    test = split[args.eval_split]
+    if args.max_eval_samples is not None:
+        test = test.select(range(min(args.max_eval_samples, len(test))))
+    calibration = calibration_users(split, args, len(test)) if args.collaborative_prior != "none" else None
 
     train = last_training_rows(split["train"]) if args.training_targets == "held_out" else split["train"]
     train = train.shuffle(seed=args.seed)
-    calibration = None
-    if args.collaborative_prior != "none":
-        calibration = train.select(range(min(args.calibration_rows, len(train) // 2)))
-        train = train.select(range(len(calibration), len(train)))
     if args.max_train_samples is not None:
         train = train.select(range(min(args.max_train_samples, len(train))))
     train_dataset = CandidateSamplingDataset(train, rec, args.num_candidates, seed=args.seed)
@@ -322,23 +335,16 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     )
     train_seconds = time.time() - train_start
 
-    test = split[args.eval_split]
-    if args.max_eval_samples is not None:
-        test = test.select(range(min(args.max_eval_samples, len(test))))
     if calibration is not None:
         model = merge_lora(model) if isinstance(model, PeftModel) else model
-        if model.collaborative_prior is None:
-            model.set_collaborative_prior(fold_prior)
-        rows = CandidateSamplingDataset(calibration, rec, args.num_candidates, seed=args.seed)
-        prior_record["trained_weight"] = model.collaborative_prior.weight.item()
-        weight = calibrate_prior(
-            model, tokenizer, [rows[i] for i in range(len(rows))], catalog.titles, catalog.texts, args.eval_batch_size
-        )
-        prior_record.update(weight=weight, calibration_rows=len(rows))
-        logger.info("Collaborative prior: weight %.3f fitted on %d calibration rows", weight, len(rows))
-        # The prior now reads the SASRec of every training item, with the fitted weight (both SASRecs rank items
-        # they never trained on alike): the saved model's prior is its retriever.
+        if model.collaborative_prior is not None:
+            prior_record["trained_weight"] = model.collaborative_prior.weight.item()
+        # The saved prior reads the SASRec of every training item (the retriever); its weight is fitted against the
+        # LLM's scores on validation users, whose targets neither model trained on.
         model.set_collaborative_prior(sasrec)
+        weight = calibrate_prior(model, tokenizer, calibration, catalog.titles, catalog.texts, args.eval_batch_size)
+        prior_record.update(weight=weight, calibration_users=len(calibration))
+        logger.info("Collaborative prior: weight %.3f fitted on %d validation users", weight, len(calibration))
     save_pretrained_bundle(model, out, tokenizer, catalog, sasrec)
     model = AutoModel.from_pretrained(out)  # evaluate what was saved, through the Auto class users will call
     metrics = evaluate_ranking(
