@@ -122,8 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--calibration-rows",
         type=int,
-        default=1000,
-        help="held-out rows, never trained on, the prior's weight is fitted on",
+        default=2000,
+        help="validation users the prior's weight is fitted on (disjoint from the curve's)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step")
     parser.add_argument(
@@ -455,7 +455,7 @@ class LearningCurve(TrainerCallback):
             if held is not None:
                 prior.sasrec.load_state_dict(held)
             model.train(was_training)
-        point = {"train_samples": samples, "VHR@1": float((scores.argmax(1) == self.targets).float().mean())}
+        point = {"train_samples": samples, "VHR@1": float((scores.argmax(1) == self.targets).double().mean())}
         if prior is None and self.fusion is not None:
             point["llm_VHR@1"], point["VHR@1"] = point["VHR@1"], self.fused_hr1(scores)
         self.spent += time.perf_counter() - started
@@ -485,7 +485,7 @@ class LearningCurve(TrainerCallback):
             self.prior.fit_weight(history[fit], candidates[fit], self.targets[fit], other_scores=llm_scores[fit])
             fused = llm_scores[measured] + self.prior(history[measured], candidates[measured])
             hits[measured] = fused.argmax(1) == self.targets[measured]
-        return float(hits.float().mean())
+        return float(hits.double().mean())
 
     def seen(self, state, train_dataloader) -> int:
         """Samples trained on so far: the finished stages' and this stage's steps (its last batch may be short)."""
@@ -507,7 +507,10 @@ class LearningCurve(TrainerCallback):
         self.samples_before = samples
 
     def summary(self, reference: float) -> dict[str, Any]:
-        passed = next((p for p in self.points if p["VHR@1"] > reference), None)
+        # Hit rates over the same users: compare hit counts, so equal rates never pass by float rounding.
+        passed = next(
+            (p for p in self.points if round(p["VHR@1"] * len(self.rows)) > round(reference * len(self.rows))), None
+        )
         return {
             "validation_users": len(self.rows),
             "sasrec_validation_HR@1": reference,

@@ -1,9 +1,9 @@
 """Fitting the collaborative prior's weight on rows that neither SASRec nor the LLM trained on.
 
-The prior's weight sets how far the candidate scores trust SASRec against the LLM. It is fitted twice by the main job:
-on the prior alone before training, so that training starts from SASRec's calibrated ranking, and after training
-against the LLM's scores, on held-out calibration rows (each user's last training item, held out from the SASRec,
-and rows kept out of the LLM's training). Neither fit reads validation or test users.
+The prior's weight sets how far the candidate scores trust SASRec against the LLM. The main job fits it on
+validation users once the LLM is trained (against the LLM's scores); with the prior in training, it is also fitted
+on the prior alone before training, so that training starts from SASRec's calibrated ranking. See
+docs/accuracy-recipe.md.
 """
 
 from __future__ import annotations
