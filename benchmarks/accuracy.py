@@ -507,17 +507,20 @@ class LearningCurve(TrainerCallback):
         self.samples_before = samples
 
     def summary(self, reference: float) -> dict[str, Any]:
-        # Hit rates over the same users: compare hit counts, so equal rates never pass by float rounding.
-        passed = next(
-            (p for p in self.points if round(p["VHR@1"] * len(self.rows)) > round(reference * len(self.rows))), None
-        )
-        return {
-            "validation_users": len(self.rows),
-            "sasrec_validation_HR@1": reference,
-            "points": self.points,
-            "time_to_sasrec_s": passed["train_seconds"] if passed else None,
-            "samples_to_sasrec": passed["train_samples"] if passed else None,
-        }
+        curve = {"validation_users": len(self.rows), "sasrec_validation_HR@1": reference, "points": self.points}
+        return {**curve, **time_to_sasrec(curve)}
+
+
+def time_to_sasrec(curve: dict[str, Any]) -> dict[str, Any]:
+    """The first curve point above SASRec's validation HR@1: its training seconds and samples (None: never).
+    Rates over the same users are compared as hit counts, so an equal rate never passes by float rounding."""
+    users = curve["validation_users"]
+    reference = round(curve["sasrec_validation_HR@1"] * users)
+    passed = next((p for p in curve["points"] if round(p["VHR@1"] * users) > reference), None)
+    return {
+        "time_to_sasrec_s": passed["train_seconds"] if passed else None,
+        "samples_to_sasrec": passed["train_samples"] if passed else None,
+    }
 
 
 def run_method(
@@ -867,6 +870,8 @@ def plot_curves(results: dict[str, Any], path: Path) -> bool:
     for ax, (name, curve) in zip(axes[0], curves.items()):
         seconds = [p["train_seconds"] for p in curve["points"]]
         ax.plot(seconds, [p["VHR@1"] for p in curve["points"]], marker="o", label="Speeder")
+        if all("llm_VHR@1" in p for p in curve["points"]):
+            ax.plot(seconds, [p["llm_VHR@1"] for p in curve["points"]], marker=".", label="its LLM alone (no prior)")
         ax.axhline(curve["sasrec_validation_HR@1"], color="gray", linestyle="--", label="SASRec")
         ax.set_xlabel("training seconds")
         ax.set_ylabel(f"validation VHR@1 ({curve['validation_users']} users)")
@@ -879,6 +884,11 @@ def plot_curves(results: dict[str, Any], path: Path) -> bool:
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:
+    for name in dataset_names(results):  # derived from the recorded points, so a fixed rule applies to old rows too
+        curve = results[name]["methods"].get("speeder", {}).get("learning_curve")
+        if curve:
+            curve.update(time_to_sasrec(curve))
+            results[name]["time_to_sasrec_s"] = curve["time_to_sasrec_s"]
     hits_file = out / HITS_FILE
     paired_tests(results, json.loads(hits_file.read_text()) if hits_file.is_file() else {})
     write_json(out / "accuracy.json", results)

@@ -20,7 +20,15 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 STYLE_ORDER = ("speeder", "llara", "text", "mllm")
 METRICS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
-ABLATIONS = ("prior", "speeder_no_prior", "speeder_no_gate", "speeder_no_spae", "speeder_no_mpo", "speeder_text_only")
+# Each variant of the full model, and the part of it that the variant lacks.
+ABLATIONS = {
+    "prior": "the LLM (the prior alone is SASRec)",
+    "speeder_no_prior": "the collaborative prior",
+    "speeder_no_gate": "the MRC gate",
+    "speeder_no_spae": "SPAE",
+    "speeder_no_mpo": "MPO's curriculum",
+    "speeder_text_only": "the other modalities",
+}
 # Table rows in this order whatever order the `--resume` runs added them in.
 METHOD_ORDER = ("sasrec", "prior", "speeder", "speeder_no_prior", "speeder_no_mpo", "speeder_no_spae")
 METHOD_ORDER += ("speeder_no_gate", "speeder_text_only")
@@ -182,24 +190,30 @@ def accuracy_targets(methods: dict[str, dict], num_users: int) -> list[str]:
             caveat = f" (its ValidRatio is only {valid:.4f})" if valid < 0.5 else ""
             paired = methods["speeder"].get(f"paired_vs_{other}")
             if paired:
-                caveat += f" (exact McNemar test on the same {paired['n']} users: p = {paired['p_value']:.2g})"
+                caveat += f" (exact McNemar test on the same {paired['n']} users: {_p(paired['p_value'])})"
             met, sign = (full > value, ">") if strict else (full >= value, ">=")
             lines.append(f"- speeder VHR@1 {full:.4f} {sign} {label} {value:.4f}: {_mark(met)}{caveat}")
-    for ablation in ABLATIONS:
+    for ablation, part in ABLATIONS.items():
         if ablation in methods:
             value, paired = methods[ablation]["VHR@1"], methods[ablation].get("paired_vs_speeder")
-            verdict = paired_verdict(paired) if paired else ablation_verdict(full, value, num_users)
+            verdict = paired_verdict(paired, part) if paired else ablation_verdict(full, value, num_users)
             lines.append(f"- {ablation}: VHR@1 {value:.4f}, {verdict}")
     return lines
 
 
-def paired_verdict(paired: dict[str, Any]) -> str:
-    """How a variant compares with the full model on the same users (`paired_vs_speeder`: variant - full)."""
+def _p(value: float) -> str:
+    return "p < 1e-12" if value < 1e-12 else f"p = {value:.2g}"
+
+
+def paired_verdict(paired: dict[str, Any], part: str) -> str:
+    """How a variant, which lacks `part`, compares with the full model on the same users (`paired_vs_speeder`:
+    variant - full)."""
     gap, p = -paired["difference"], paired["p_value"]
-    test = f"exact McNemar test on {paired['n']} users: p = {p:.2g}"
+    test = f"exact McNemar test on {paired['n']} users: {_p(p)}"
     if gap > 0:
-        return f"below the full model by {gap:.4f} ({'significant' if p < 0.05 else 'not significant'}; {test})"
-    return f"**not below the full model** (by {-gap:.4f}: does not help here; {test})"
+        significance = "significant" if p < 0.05 else "not significant"
+        return f"below the full model by {gap:.4f}: {part} helps ({significance}; {test})"
+    return f"**not below the full model** (by {-gap:.4f}): {part} does not help here ({test})"
 
 
 def curve_lines(methods: dict[str, dict]) -> list[str]:
