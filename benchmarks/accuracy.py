@@ -640,8 +640,17 @@ def validation_rows(split, args: argparse.Namespace):
     fitted on."""
     validation = split["validation"]
     order = np.random.default_rng(args.seed).permutation(len(validation))
-    calibration = np.sort(order[: args.calibration_rows])
-    curve = np.sort(order[args.calibration_rows : args.calibration_rows + args.curve_users])
+    calibration_users, curve_users = args.calibration_rows, args.curve_users
+    if calibration_users + curve_users > len(validation):  # a small dataset (MovieLens-100K: 943): halve it
+        calibration_users = len(validation) - min(curve_users, len(validation) // 2)
+        curve_users = len(validation) - calibration_users
+        logger.info(
+            "%d validation users: %d fit the prior, %d draw the curve",
+            len(validation),
+            *[calibration_users, curve_users],
+        )
+    calibration = np.sort(order[:calibration_users])
+    curve = np.sort(order[calibration_users : calibration_users + curve_users])
     if len(calibration) == 0:
         raise ValueError("No validation users to fit the prior's weight on: the split has none.")
     return validation.select(curve.tolist()), validation.select(calibration.tolist())
