@@ -63,17 +63,14 @@ from common import (  # noqa: E402
     write_tiny_backbone,
 )
 
-from speeder_hf import SpeederConfig  # noqa: E402
 from speeder_hf.collaborative_prior import CollaborativePrior  # noqa: E402
-from speeder_hf.collator import SpeederDataCollator  # noqa: E402
 from speeder_hf.data import CandidateSamplingDataset, last_training_rows, make_split  # noqa: E402
 from speeder_hf.evaluation import RankingOutcomes, collect_outcomes  # noqa: E402
 from speeder_hf.finetune import PRIOR_FIT_ROWS  # noqa: E402
 from speeder_hf.lora import merge_lora  # noqa: E402
 from speeder_hf.metrics import bucket_indices, mcnemar_test, rank_metrics, target_ranks  # noqa: E402
-from speeder_hf.modeling_sasrec import left_pad  # noqa: E402
 from speeder_hf.mpo import has_progress  # noqa: E402
-from speeder_hf.prior_calibration import calibrate_prior, fit_prior_weight  # noqa: E402
+from speeder_hf.prior_calibration import calibrate_prior, candidate_scores, fit_prior_weight, prior_inputs  # noqa: E402
 from speeder_hf.sasrec import sasrec_ranks  # noqa: E402
 
 logger = logging.getLogger("benchmarks.accuracy")
@@ -316,17 +313,11 @@ def evaluate_sasrec_rows(data: BenchData, test) -> tuple[np.ndarray, dict[str, A
 def evaluate_prior_rows(data: BenchData, test, batch_size: int = 512) -> tuple[np.ndarray, dict[str, Any]]:
     """The collaborative prior alone (Speeder's `CollaborativePrior` holding the prepared SASRec, weight 1), fed the
     SASRec window the collator writes: by construction it ranks exactly as SASRec does, which this row shows."""
-    prior = CollaborativePrior(SpeederConfig(collaborative_prior=data.sasrec.settings))
-    prior.sasrec.load_state_dict(data.sasrec.state_dict())
-    max_len = prior.sasrec.max_len
+    prior = CollaborativePrior.from_sasrec(data.sasrec)
     ranks = []
     for begin in range(0, len(test), batch_size):
-        rows = test.select(range(begin, min(begin + batch_size, len(test))))
-        history = left_pad([h[-max_len:] for h in rows["history"]], "cpu")  # (B, L)
-        candidates = torch.as_tensor(rows["candidates"])  # (B, C)
-        scores = prior(history, candidates)  # (B, C)
-        target = (candidates == torch.as_tensor(rows["target"])[:, None]).int().argmax(1)  # (B,)
-        ranks.append(target_ranks(scores.numpy(), target.numpy()))
+        history, candidates, target = prior_inputs(prior, test.select(range(begin, min(begin + batch_size, len(test)))))
+        ranks.append(target_ranks(prior(history, candidates).numpy(), target.numpy()))  # (B,)
     ranks = np.concatenate(ranks)
     return ranks == 0, ranks_row(ranks, test, candidate_protocol(test, "the collaborative prior's scores"))
 
@@ -429,13 +420,10 @@ class LearningCurve(TrainerCallback):
         self.points: list[dict[str, Any]] = []
         self.spent = 0.0  # seconds of curve evaluation, not training
         self.rows = [dict(row) for row in rows]
-        self.targets = torch.tensor([row["candidates"].index(row["target"]) for row in self.rows])  # (N,)
         # For a model without a prior in training: the full SASRec's scores of the same candidates, to fuse with.
-        self.prior = CollaborativePrior(SpeederConfig(collaborative_prior=data.sasrec.settings))
-        self.prior.sasrec.load_state_dict(data.sasrec.state_dict())
-        max_len = self.prior.sasrec.max_len
-        history = left_pad([row["history"][-max_len:] for row in self.rows], "cpu")  # (N, L)
-        self.fusion = (history, torch.tensor([row["candidates"] for row in self.rows]))  # (N, L), (N, C)
+        self.prior = CollaborativePrior.from_sasrec(data.sasrec)
+        history, candidates, self.targets = prior_inputs(self.prior, self.rows)  # (N, L), (N, C), (N,)
+        self.fusion = (history, candidates)
         self.steps_done = 0  # optimizer steps over all stages
         self.samples_before = 0  # samples of the finished stages
 
@@ -461,19 +449,10 @@ class LearningCurve(TrainerCallback):
         self.spent += time.perf_counter() - started
         self.points.append({**point, "train_seconds": round(self.clock.seconds() - self.spent, 1)})
 
-    @torch.no_grad()
     def scores(self, model) -> torch.Tensor:
         """The model's candidate scores `(N, C)` of the curve users, candidates in row order."""
-        collator = SpeederDataCollator(
-            self.tokenizer, model.config, self.data.catalog.titles, self.data.catalog.texts, mode="eval"
-        )
-        parts = []
-        for begin in range(0, len(self.rows), 64):
-            batch = collator(self.rows[begin : begin + 64])
-            width = SpeederDataCollator.pop_metadata(batch)["candidate_items"].shape[1]
-            batch = {key: value.to(model.device) for key, value in batch.items()}
-            parts.append(model.score_candidates(num_candidates=width, **batch).float().cpu())
-        return torch.cat(parts)
+        titles, texts = self.data.catalog.titles, self.data.catalog.texts
+        return candidate_scores(model, self.tokenizer, self.rows, titles, texts, batch_size=64).cpu()
 
     def fused_hr1(self, llm_scores: torch.Tensor) -> float:
         """HR@1 of the LLM's scores plus the full SASRec's with its weight cross-fitted over two halves of the curve

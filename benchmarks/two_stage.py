@@ -28,6 +28,7 @@ from speeder_hf.collator import SpeederDataCollator  # noqa: E402
 from speeder_hf.data import load_dataset_by_name, make_split  # noqa: E402
 from speeder_hf.export import load_pretrained_bundle  # noqa: E402
 from speeder_hf.metrics import rank_metrics  # noqa: E402
+from speeder_hf.recommend import SASRecRetriever  # noqa: E402
 from speeder_hf.sasrec import sasrec_ranks  # noqa: E402
 
 
@@ -88,14 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     k = args.retrieve or model.config.num_candidates
 
     _, sasrec_full = sasrec_ranks(sasrec, test, candidates=False, progress=False)  # (N,) over the catalog
-    retrieved = []
-    for begin in range(0, len(rows), 512):
-        histories = [r["history"] for r in rows[begin : begin + 512]]
-        scores = sasrec.score_all(sasrec.last_hidden(histories)).float()  # (B, N)
-        for i, history in enumerate(histories):
-            scores[i, history] = -torch.inf
-        retrieved.append(scores.topk(k, dim=1).indices)
-    retrieved = torch.cat(retrieved)  # (N, K)
+    retrieved = torch.tensor(SASRecRetriever(sasrec).retrieve([r["history"] for r in rows], k))  # (N, K)
     reranked = rerank_ranks(model, tokenizer, catalog, rows, retrieved, args.batch_size)
 
     def summary(ranks: np.ndarray) -> dict:

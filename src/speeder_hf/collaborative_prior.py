@@ -33,6 +33,16 @@ class CollaborativePrior(nn.Module):
         self.sasrec.requires_grad_(False)
         self.sasrec.eval()
 
+    @classmethod
+    def from_sasrec(cls, sasrec: nn.Module, config: SpeederConfig | None = None) -> CollaborativePrior:
+        """A prior holding a copy of `sasrec`'s weights, weight 1; `config` (updated in place with `sasrec`'s
+        settings) defaults to a fresh `SpeederConfig`."""
+        config = config if config is not None else SpeederConfig()
+        config.collaborative_prior = dict(sasrec.settings)
+        prior = cls(config)
+        prior.sasrec.load_state_dict(sasrec.state_dict())
+        return prior
+
     def train(self, mode: bool = True) -> CollaborativePrior:
         super().train(mode)
         self.sasrec.eval()  # frozen: SASRec's dropout must not perturb the prior during Speeder's training

@@ -126,9 +126,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                 f"The SASRec covers {sasrec.num_items} items but the model's catalog has {self.config.num_items}; "
                 "train the SASRec on the same catalog rows."
             )
-        self.config.collaborative_prior = dict(sasrec.settings)
-        prior = CollaborativePrior(self.config)
-        prior.sasrec.load_state_dict(sasrec.state_dict())
+        prior = CollaborativePrior.from_sasrec(sasrec, self.config)
         if self.collaborative_prior is not None:
             prior.weight.data.copy_(self.collaborative_prior.weight.detach())
         self.collaborative_prior = prior.to(device=self.device, dtype=self.mrc.norm.weight.dtype)

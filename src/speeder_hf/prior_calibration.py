@@ -19,15 +19,42 @@ from .collator import SpeederDataCollator
 from .modeling_sasrec import left_pad
 
 
+def prior_inputs(
+    prior: CollaborativePrior, rows: Sequence[Mapping[str, Any]]
+) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
+    """What the prior reads for rows with `history`, `candidates` and `target`, candidates in row order: SASRec
+    tokens `(B, L)` of the last `max_len` history items, candidate rows `(B, C)` and the target's column `(B,)`."""
+    device = prior.weight.device
+    history = left_pad([list(row["history"])[-prior.sasrec.max_len :] for row in rows], device)  # (B, L)
+    candidates = torch.tensor([list(row["candidates"]) for row in rows], device=device)  # (B, C)
+    target = torch.tensor([list(row["candidates"]).index(row["target"]) for row in rows], device=device)  # (B,)
+    return history, candidates, target
+
+
 def fit_prior_weight(prior: CollaborativePrior, rows: Sequence[Mapping[str, Any]]) -> float:
     """[`CollaborativePrior.fit_weight`] of the prior alone on rows with `history`, `candidates` and `target` (as
     `CandidateSamplingDataset` gives them); returns the weight."""
-    max_len = prior.sasrec.max_len
-    device = prior.weight.device
-    history = left_pad([list(row["history"])[-max_len:] for row in rows], device)  # (B, L)
-    candidates = torch.tensor([list(row["candidates"]) for row in rows], device=device)  # (B, C)
-    target = torch.tensor([list(row["candidates"]).index(row["target"]) for row in rows], device=device)  # (B,)
-    return prior.fit_weight(history, candidates, target)
+    return prior.fit_weight(*prior_inputs(prior, rows))
+
+
+@torch.no_grad()
+def candidate_scores(
+    model,
+    tokenizer,
+    rows: Sequence[Mapping[str, Any]],
+    item_titles: Sequence[str | None] | None = None,
+    item_texts: Sequence[str | None] | None = None,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """The model's `score_candidates` scores `(N, C)` of rows with `history`, `candidates` and `target`, through the
+    evaluation collator; columns follow each row's candidates as given."""
+    collator = SpeederDataCollator(tokenizer, model.config, item_titles, item_texts, mode="eval")
+    parts = []
+    for batch in DataLoader(list(rows), batch_size=batch_size, collate_fn=collator):
+        width = SpeederDataCollator.pop_metadata(batch)["candidate_items"].shape[1]
+        batch = {key: value.to(model.device) for key, value in batch.items()}
+        parts.append(model.score_candidates(num_candidates=width, **batch).float())
+    return torch.cat(parts)
 
 
 @torch.no_grad()
@@ -45,30 +72,19 @@ def calibrate_prior(
     prior = model.collaborative_prior
     if prior is None:
         raise ValueError("The model has no collaborative prior to calibrate (set_collaborative_prior first).")
-    collator = SpeederDataCollator(tokenizer, model.config, item_titles, item_texts, mode="eval")
+    rows = list(rows)
     weight = prior.weight.detach().clone()
-    parts: dict[str, list[torch.Tensor]] = {"history": [], "candidates": [], "target": [], "other": []}
     was_training = model.training
     model.eval()
     try:
         prior.weight.zero_()  # the model's scores without the prior
-        for batch in DataLoader(list(rows), batch_size=batch_size, collate_fn=collator):
-            meta = SpeederDataCollator.pop_metadata(batch)
-            batch = {key: value.to(model.device) for key, value in batch.items()}
-            parts["other"].append(model.score_candidates(num_candidates=meta["candidate_items"].shape[1], **batch))
-            parts["history"].append(batch["prior_history"][:, -prior.sasrec.max_len :])
-            parts["candidates"].append(batch["candidate_ids"])
-            parts["target"].append(meta["target_index"].to(model.device))
+        other = candidate_scores(model, tokenizer, rows, item_titles, item_texts, batch_size)  # (N, C)
     except BaseException:
         prior.weight.copy_(weight)
         raise
     finally:
         model.train(was_training)
-    width = max(h.shape[1] for h in parts["history"])
-    history = torch.cat([torch.nn.functional.pad(h, (width - h.shape[1], 0)) for h in parts["history"]])  # (N, L)
-    return prior.fit_weight(
-        history, torch.cat(parts["candidates"]), torch.cat(parts["target"]), other_scores=torch.cat(parts["other"])
-    )
+    return prior.fit_weight(*prior_inputs(prior, rows), other_scores=other)
 
 
-__all__ = ["calibrate_prior", "fit_prior_weight"]
+__all__ = ["calibrate_prior", "candidate_scores", "fit_prior_weight", "prior_inputs"]
