@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +65,23 @@ from common import (  # noqa: E402
 )
 
 from speeder_hf.collaborative_prior import CollaborativePrior  # noqa: E402
+from speeder_hf.configuration_speeder import SpeederConfig  # noqa: E402
+from speeder_hf.content_prior import ContentPrior, default_modalities  # noqa: E402
 from speeder_hf.data import CandidateSamplingDataset, last_training_rows, make_split  # noqa: E402
 from speeder_hf.evaluation import RankingOutcomes, collect_outcomes  # noqa: E402
 from speeder_hf.finetune import PRIOR_FIT_ROWS  # noqa: E402
+from speeder_hf.fusion_weights import fit_fusion_weights  # noqa: E402
+from speeder_hf.item_features import ItemFeatureTable  # noqa: E402
 from speeder_hf.lora import merge_lora  # noqa: E402
 from speeder_hf.metrics import bucket_indices, mcnemar_test, rank_metrics, target_ranks  # noqa: E402
 from speeder_hf.mpo import has_progress  # noqa: E402
-from speeder_hf.prior_calibration import calibrate_prior, candidate_scores, fit_prior_weight, prior_inputs  # noqa: E402
+from speeder_hf.prior_calibration import PriorFusion, calibrate_priors, candidate_scores, prior_inputs  # noqa: E402
 from speeder_hf.sasrec import sasrec_ranks  # noqa: E402
 
 logger = logging.getLogger("benchmarks.accuracy")
 
 PRIOR = "prior"  # the collaborative prior alone: SASRec's scores through Speeder's prior module
+PRIORS = "priors"  # both priors, their weights fitted on the calibration users, no LLM
 NO_PRIOR = "speeder_no_prior"  # measured on the speeder row's model before the prior joins
 HITS_FILE = "accuracy_hits.json"  # per dataset and method: the evaluated rows' fingerprint and per-user top-1 hits
 
@@ -84,6 +90,7 @@ ALL_METHODS = [
     "speeder",
     SASREC,
     PRIOR,
+    PRIORS,
     "speeder_no_prior",
     "llara",
     "speeder_no_mpo",
@@ -210,6 +217,7 @@ def normalise(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 EVAL_FOLDER = "eval"
+PRIORS_EVAL_FOLDER = "eval-priors"  # the model once the priors joined
 
 
 def evaluate_llm(
@@ -316,10 +324,42 @@ def evaluate_prior_rows(data: BenchData, test, batch_size: int = 512) -> tuple[n
     prior = CollaborativePrior.from_sasrec(data.sasrec)
     ranks = []
     for begin in range(0, len(test), batch_size):
-        history, candidates, target = prior_inputs(prior, test.select(range(begin, min(begin + batch_size, len(test)))))
+        rows = test.select(range(begin, min(begin + batch_size, len(test))))
+        history, candidates, target = prior_inputs(rows, prior.sasrec.max_len)
         ranks.append(target_ranks(prior(history, candidates).numpy(), target.numpy()))  # (B,)
     ranks = np.concatenate(ranks)
     return ranks == 0, ranks_row(ranks, test, candidate_protocol(test, "the collaborative prior's scores"))
+
+
+def standalone_priors(data: BenchData, modalities: Sequence[str] | None = None) -> PriorFusion:
+    """The priors Speeder's recipe adds after training, outside a model: the prepared SASRec and the content prior
+    over `modalities` (default: the catalog's, but id), their weights unfitted."""
+    table_modalities = list(data.catalog.modalities)
+    config = SpeederConfig(modalities=table_modalities, modality_dims=data.catalog.modality_dims(table_modalities))
+    table = ItemFeatureTable(config)
+    table.set(*data.catalog.feature_tensors(table_modalities))
+    modalities = default_modalities(table_modalities) if modalities is None else list(modalities)
+    content = ContentPrior(modalities, table_modalities) if modalities else None
+    return PriorFusion(CollaborativePrior.from_sasrec(data.sasrec), content, table)
+
+
+def evaluate_priors_rows(
+    data: BenchData, test, calibration, batch_size: int = 512
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Both priors without the LLM: SASRec's scores plus the content similarities, with weights fitted on the
+    calibration users as the speeder row's are. What the LLM adds is the speeder row's difference to this one."""
+    fusion = standalone_priors(data)
+    weights = fusion.fit(list(calibration))
+    ranks = []
+    for begin in range(0, len(test), batch_size):
+        history, candidates, target = prior_inputs(
+            test.select(range(begin, min(begin + batch_size, len(test)))), fusion.history_len
+        )
+        scores = fusion.features(history, candidates) @ torch.tensor(list(weights.values()), dtype=torch.float32)
+        ranks.append(target_ranks(scores.numpy(), target.numpy()))  # (B,)
+    ranks = np.concatenate(ranks)
+    result = ranks_row(ranks, test, candidate_protocol(test, "the two priors' fitted scores"))
+    return ranks == 0, {**result, "prior_weights": weights, "calibration_validation_users": len(calibration)}
 
 
 def paired_tests(results: dict[str, Any], hits: dict[str, Any]) -> None:
@@ -414,16 +454,26 @@ class LearningCurve(TrainerCallback):
     training samples seen and the training seconds so far (this evaluation's own time left out). `summary` gives
     the first point above SASRec's HR@1 on the same users (`time_to_sasrec_s`)."""
 
-    def __init__(self, tokenizer, data: BenchData, rows, clock: TrainClock, every: int, samples_per_step: int):
+    def __init__(
+        self,
+        tokenizer,
+        data: BenchData,
+        rows,
+        clock: TrainClock,
+        every: int,
+        samples_per_step: int,
+        modalities: Sequence[str] | None = None,
+    ):
         self.tokenizer, self.data = tokenizer, data
         self.clock, self.every, self.samples_per_step = clock, every, samples_per_step
         self.points: list[dict[str, Any]] = []
         self.spent = 0.0  # seconds of curve evaluation, not training
         self.rows = [dict(row) for row in rows]
-        # For a model without a prior in training: the full SASRec's scores of the same candidates, to fuse with.
-        self.prior = CollaborativePrior.from_sasrec(data.sasrec)
-        history, candidates, self.targets = prior_inputs(self.prior, self.rows)  # (N, L), (N, C), (N,)
-        self.fusion = (history, candidates)
+        # For a model without a prior in training: the priors' features of the same candidates, to fuse with.
+        fusion = standalone_priors(data, modalities)
+        history, candidates, self.targets = prior_inputs(self.rows, fusion.history_len)  # (N, L), (N, C), (N,)
+        self.fusion = fusion.features(history, candidates)  # (N, C, K)
+        self.valid = candidates >= 0
         self.steps_done = 0  # optimizer steps over all stages
         self.samples_before = 0  # samples of the finished stages
 
@@ -444,7 +494,7 @@ class LearningCurve(TrainerCallback):
                 prior.sasrec.load_state_dict(held)
             model.train(was_training)
         point = {"train_samples": samples, "VHR@1": float((scores.argmax(1) == self.targets).double().mean())}
-        if prior is None and self.fusion is not None:
+        if prior is None:
             point["llm_VHR@1"], point["VHR@1"] = point["VHR@1"], self.fused_hr1(scores)
         self.spent += time.perf_counter() - started
         self.points.append({**point, "train_seconds": round(self.clock.seconds() - self.spent, 1)})
@@ -455,14 +505,13 @@ class LearningCurve(TrainerCallback):
         return candidate_scores(model, self.tokenizer, self.rows, titles, texts, batch_size=64).cpu()
 
     def fused_hr1(self, llm_scores: torch.Tensor) -> float:
-        """HR@1 of the LLM's scores plus the full SASRec's with its weight cross-fitted over two halves of the curve
-        users (fitted on one half, measured on the other), so no user's own outcome sets its weight."""
-        history, candidates = self.fusion
+        """HR@1 of the LLM's scores plus the priors' with their weights cross-fitted over two halves of the curve
+        users (fitted on one half, measured on the other), so no user's own outcome sets its weights."""
         halves = torch.arange(len(self.targets)) % 2 == 0
         hits = torch.zeros(len(self.targets), dtype=torch.bool)
         for fit, measured in ((halves, ~halves), (~halves, halves)):
-            self.prior.fit_weight(history[fit], candidates[fit], self.targets[fit], other_scores=llm_scores[fit])
-            fused = llm_scores[measured] + self.prior(history[measured], candidates[measured])
+            weights = fit_fusion_weights(self.fusion[fit], self.targets[fit], self.valid[fit], llm_scores[fit])
+            fused = llm_scores[measured] + self.fusion[measured].double() @ weights
             hits[measured] = fused.argmax(1) == self.targets[measured]
         return float(hits.double().mean())
 
@@ -508,11 +557,15 @@ def run_method(
     """Trains (LLM methods) and evaluates one method on one dataset; returns its per-row top-1 hits and its row,
     by row name (the speeder method also gives `speeder_no_prior`, its LLM before the prior joins)."""
     start = time.perf_counter()
-    if name in (SASREC, PRIOR):
-        hits, result = (evaluate_sasrec_rows if name == SASREC else evaluate_prior_rows)(data, test)
+    if name in (SASREC, PRIOR, PRIORS):
+        if name == PRIORS:
+            hits, result = evaluate_priors_rows(data, test, validation_rows(split, args)[1])
+        else:
+            hits, result = (evaluate_sasrec_rows if name == SASREC else evaluate_prior_rows)(data, test)
         description = {
             SASREC: "SASRec (the id modality's model), trained on all training sequences",
             PRIOR: "the collaborative prior alone: SASRec's scores through Speeder's prior module",
+            PRIORS: "the collaborative and content priors without the LLM, weights fitted on validation users",
         }[name]
         return {
             name: (hits, {**result, "description": description, "eval_seconds": round(time.perf_counter() - start, 1)})
@@ -525,7 +578,7 @@ def run_method(
     model.to(device)
     if spec.collaborative_prior == "in_training":  # as finetune does: start from the prior's calibrated weight
         rows = CandidateSamplingDataset(train, data.rec, args.num_candidates, args.seed)
-        fit_prior_weight(model.collaborative_prior, [rows[i] for i in range(min(PRIOR_FIT_ROWS, len(rows)))])
+        PriorFusion.of(model).fit([rows[i] for i in range(min(PRIOR_FIT_ROWS, len(rows)))])
     probe = CandidateSamplingDataset(train.select(range(min(64, len(train)))), data.rec, args.num_candidates, args.seed)
     micro, longest = micro_batch_for(
         spec, model, tokenizer, data, [probe[i] for i in range(len(probe))], args.batch_size, args.max_micro_tokens
@@ -536,7 +589,8 @@ def run_method(
     curve_rows, calibration = validation_rows(split, args)
     curve = None
     if name == "speeder" and args.curve_every and sitting["sittings"] == 1:
-        curve = LearningCurve(tokenizer, data, curve_rows, clock, args.curve_every, args.batch_size)
+        content = default_modalities(list(model.config.modalities))
+        curve = LearningCurve(tokenizer, data, curve_rows, clock, args.curve_every, args.batch_size, content)
     train_start = time.perf_counter()
     model, stages, per_stage = train_method(
         spec,
@@ -564,14 +618,15 @@ def run_method(
         trained["train_seconds"] = round(trained["train_seconds"] - curve.spent, 1)
     produced = {}
     prior = {}
-    if spec.collaborative_prior:  # as finetune does: the full SASRec, its weight fitted on validation users
+    if spec.collaborative_prior:  # as finetune does: the full SASRec and the content prior, fitted on validation users
         model = merge_lora(model)
         if model.collaborative_prior is not None:
             prior["trained_weight"] = model.collaborative_prior.weight.item()
         elif name == "speeder":  # the LLM alone, before the prior joins: the recipe without the prior
             produced[NO_PRIOR] = evaluate_llm(spec, model, tokenizer, data, test, args, work, sitting["sittings"])
         model.set_collaborative_prior(data.sasrec)
-        prior["weight"] = calibrate_prior(
+        model.set_content_prior(default_modalities(list(model.config.modalities)))
+        prior["weights"] = calibrate_priors(
             model, tokenizer, calibration, data.catalog.titles, data.catalog.texts, args.eval_batch_size
         )
         prior["calibration_validation_users"] = len(calibration)
@@ -584,7 +639,7 @@ def run_method(
         args,
         work,
         sitting["sittings"],
-        folder="eval-prior" if prior else EVAL_FOLDER,
+        folder=PRIORS_EVAL_FOLDER if prior else EVAL_FOLDER,
     )
     del model
     gc.collect()
@@ -747,7 +802,7 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
             if method in METHODS and METHODS[method].needs_images and not data.has_images:
                 entry["skipped"][method] = "the dataset has no item images"
                 continue
-            if method in (SASREC, PRIOR) and data.sasrec is None:
+            if method in (SASREC, PRIOR, PRIORS) and data.sasrec is None:
                 entry["skipped"][method] = "no SASRec model in the prepared data"
                 continue
             elapsed = time.perf_counter() - start

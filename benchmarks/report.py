@@ -22,15 +22,16 @@ STYLE_ORDER = ("speeder", "llara", "text", "mllm")
 METRICS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
 # Each variant of the full model, and the part of it that the variant lacks.
 ABLATIONS = {
-    "prior": "the LLM (the prior alone is SASRec)",
-    "speeder_no_prior": "the collaborative prior",
+    "prior": "adding the LLM and the content prior to SASRec",
+    "priors": "the LLM",
+    "speeder_no_prior": "adding the priors to the LLM",
     "speeder_no_gate": "the MRC gate",
     "speeder_no_spae": "SPAE",
     "speeder_no_mpo": "MPO's curriculum",
     "speeder_text_only": "the other modalities",
 }
 # Table rows in this order whatever order the `--resume` runs added them in.
-METHOD_ORDER = ("sasrec", "prior", "speeder", "speeder_no_prior", "speeder_no_mpo", "speeder_no_spae")
+METHOD_ORDER = ("sasrec", "prior", "priors", "speeder", "speeder_no_prior", "speeder_no_mpo", "speeder_no_spae")
 METHOD_ORDER += ("speeder_no_gate", "speeder_text_only")
 METHOD_ORDER += ("llara", "text", "mllm")
 # SPEC §7: speeder / llara prompt tokens at most, training and inference throughput ratios at least.

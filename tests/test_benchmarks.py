@@ -320,7 +320,7 @@ def test_accuracy_quick_writes_every_field(quick_results):
         for key in ("VHR@1", "ValidRatio", "HR@1", "HR@5", "NDCG@5", "NDCG@10", "by_history_len"):
             assert key in metrics, (name, key)
         assert math.isclose(metrics["VHR@1"], metrics["HR@1"] * metrics["ValidRatio"], abs_tol=1e-9)
-        untrained = name in (accuracy.SASREC, accuracy.PRIOR)
+        untrained = name in (accuracy.SASREC, accuracy.PRIOR, accuracy.PRIORS)
         ranked = untrained or common.METHODS[name].answer_mode == "index"
         assert (metrics["NDCG@10"] is not None) == ranked
         assert sum(b["num_samples"] for b in metrics["by_history_len"].values()) == entry["data"]["test_users"]
@@ -582,5 +582,5 @@ def test_target_lines_use_the_paired_test_when_the_rows_have_one():
     assert lines[0] == (
         "- speeder VHR@1 0.3600 > SASRec HR@1 0.3300: met (exact McNemar test on the same 5000 users: p = 0.0004)"
     )
-    assert "below the full model by 0.1600: the collaborative prior helps (significant;" in lines[1]
+    assert "below the full model by 0.1600: adding the priors to the LLM helps (significant;" in lines[1]
     assert "p < 1e-12" in lines[1] and "**not below the full model** (by 0.0010): the MRC gate does not" in lines[2]

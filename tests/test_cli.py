@@ -163,8 +163,8 @@ def test_train_saves_a_model_that_recommends(trained, tiny_data):
     assert results["train_samples_seen"] == 3 * 2 and results["split"] == "test"
     # Both SASRecs (all training items; each user's last held out) cached for a rerun
     assert len(list((tiny_data / "cache").glob("sasrec-*/model.safetensors"))) == 2
-    prior = results["collaborative_prior"]
-    assert prior["mode"] == "after_training" and prior["weight"] > 0 and prior["calibration_users"] == 12
+    prior = results["priors"]
+    assert prior["mode"] == "after_training" and prior["weights"]["sasrec"] > 0 and prior["calibration_users"] == 12
     catalog = ItemCatalog.load(trained)
     history = [catalog.item_ids[0], catalog.titles[1]]
     (ranking,) = Recommender.from_pretrained(str(trained)).recommend([history], top_k=2)

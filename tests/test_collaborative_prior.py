@@ -12,6 +12,7 @@ from transformers import AutoModel
 from speeder_hf.collator import SpeederDataCollator
 from speeder_hf.lora import apply_lora, merge_lora
 from speeder_hf.mpo import parameter_group, set_trainable
+from speeder_hf.prior_calibration import PriorFusion, calibrate_priors
 from speeder_hf.sasrec import SASRec
 
 NUM_ITEMS = 30
@@ -151,7 +152,7 @@ def test_fit_weight_finds_the_minimum_of_the_prior_alone_cross_entropy():
     model, tokenizer, _ = speeder_with_prior()
     batch, meta = eval_batch(model, tokenizer)
     prior = model.collaborative_prior
-    weight = prior.fit_weight(batch["prior_history"], batch["candidate_ids"], meta["target_index"])
+    weight = PriorFusion.of(model).fit(ROWS)["sasrec"]
     assert prior.weight.item() == pytest.approx(weight)
 
     def loss(w: float) -> float:
@@ -162,12 +163,11 @@ def test_fit_weight_finds_the_minimum_of_the_prior_alone_cross_entropy():
 
 
 def test_calibration_fits_the_weight_against_the_llm_scores_and_keeps_them():
-    from speeder_hf.prior_calibration import calibrate_prior
 
     model, tokenizer, _ = speeder_with_prior()
     with torch.no_grad():
         model.candidate_pointer.key.normal_()  # LLM scores that are not all zero
-    weight = calibrate_prior(model, tokenizer, ROWS, TITLES, batch_size=2)  # two batches of different widths
+    weight = calibrate_priors(model, tokenizer, ROWS, TITLES, batch_size=2)["sasrec"]  # batches of two widths
     assert model.collaborative_prior.weight.item() == pytest.approx(weight)
     batch, meta = eval_batch(model, tokenizer)
 
@@ -178,5 +178,5 @@ def test_calibration_fits_the_weight_against_the_llm_scores_and_keeps_them():
 
     assert loss(weight) <= min(loss(weight * 0.8), loss(weight * 1.25), loss(1.0)) + 1e-6
     model.collaborative_prior = None
-    with pytest.raises(ValueError, match="no collaborative prior to calibrate"):
-        calibrate_prior(model, tokenizer, ROWS, TITLES)
+    with pytest.raises(ValueError, match="no prior to calibrate"):
+        calibrate_priors(model, tokenizer, ROWS, TITLES)

@@ -45,6 +45,7 @@ def test_remote_code_files_are_the_import_graph_of_modeling():
         "modeling_speeder.py",
         "candidate_pointer.py",
         "collaborative_prior.py",
+        "content_prior.py",
         "modeling_sasrec.py",
         "mrc.py",
         "spae.py",

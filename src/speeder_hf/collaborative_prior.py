@@ -61,37 +61,5 @@ class CollaborativePrior(nn.Module):
     def forward(self, history_tokens: torch.LongTensor, candidate_ids: torch.LongTensor) -> torch.Tensor:
         return self.weight * self.sasrec_scores(history_tokens, candidate_ids)
 
-    @torch.no_grad()
-    def fit_weight(
-        self,
-        history_tokens: torch.LongTensor,
-        candidate_ids: torch.LongTensor,
-        target_index: torch.LongTensor,
-        other_scores: torch.Tensor | None = None,
-        steps: int = 20,
-    ) -> float:
-        """Sets the weight to the one that minimises the candidate cross-entropy of `weight * prior + other_scores`
-        on these samples (history tokens `(B, L)`, candidates `(B, C)`, the target's column `(B,)`, the rest of the
-        model's candidate scores `(B, C)`, none by default) and returns it.
-
-        SASRec's raw dot products are scaled for its own training loss (a softmax over hundreds of items), not for
-        a softmax over C candidates, and a scalar weight moves far too slowly under the LoRA stages' learning
-        rates to find its scale, so it is fitted: before training on the prior alone, after it against the LLM's
-        scores. The loss is convex in the weight: a few Newton steps reach its minimum.
-        """
-        scores = self.sasrec_scores(history_tokens, candidate_ids).double()  # (B, C)
-        offsets = torch.zeros_like(scores) if other_scores is None else other_scores.double()
-        valid = candidate_ids >= 0
-        target = scores.gather(1, target_index[:, None]).squeeze(1)  # (B,)
-        weight = torch.ones((), dtype=torch.float64)
-        for _ in range(steps):
-            probs = (weight * scores + offsets).masked_fill(~valid, -torch.inf).softmax(-1)  # (B, C)
-            mean = (probs * scores).sum(-1)
-            gradient = (mean - target).mean()
-            curvature = (probs * (scores - mean[:, None]) ** 2).sum(-1).mean().clamp(min=1e-8)
-            weight = (weight - gradient / curvature).clamp(min=0.0)
-        self.weight.fill_(float(weight))
-        return float(weight)
-
 
 __all__ = ["CollaborativePrior"]

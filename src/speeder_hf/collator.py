@@ -53,8 +53,9 @@ class SpeederDataCollator:
         - `item_ids`, `item_recency`: `(n,)`, one catalog row per item slot in row-major placeholder order (each
           slot is `num_item_tokens` placeholders); absent when the prompts have no slots. In the `mllm` style each
           slot also has `config.num_image_tokens` image placeholders, filled by the model from the same row.
-        - for a model with a collaborative prior (`config.uses_collaborative_prior`): `prior_history` `(B, L)`, each
-          row's last `L` history items (at most the prior's SASRec `max_len`) as SASRec tokens (catalog row + 1),
+        - for a model with a collaborative or content prior (`config.uses_candidate_priors`): `prior_history`
+          `(B, L)`, each row's last `L` history items (at most `config.prior_history_len`) as SASRec tokens
+          (catalog row + 1),
           left-padded with 0, and `candidate_ids` `(B, C)`, the candidates' catalog rows in presented (label) order.
         - with `return_metadata`: `candidate_items` `(B, C)` in presented order, `target_index` `(B,)` and
           `history_len` `(B,)` (length of the row's history as given, before any truncation). The model must not
@@ -196,7 +197,7 @@ class SpeederDataCollator:
             batch["item_recency"] = torch.tensor(  # (n,)
                 [r for e in encoded for r in e.rendered.slot_recency], dtype=torch.long
             )
-        if self.config.uses_collaborative_prior:
+        if self.config.uses_candidate_priors:
             batch.update(self._prior_inputs(features, encoded))
         if self.return_metadata:
             sizes = {len(e.rendered.candidates) for e in encoded}
@@ -208,7 +209,7 @@ class SpeederDataCollator:
         return batch
 
     def _prior_inputs(self, features: list[dict[str, Any]], encoded: list[EncodedRow]) -> dict[str, torch.Tensor]:
-        max_len = self.config.collaborative_prior["max_len"]
+        max_len = self.config.prior_history_len
         tokens = left_pad([[int(i) for i in row["history"]][-max_len:] for row in features], "cpu")
         width = max(len(e.rendered.candidates) for e in encoded)
         candidates = torch.full((len(encoded), width), -1, dtype=torch.long)  # -1: the row shows fewer

@@ -67,6 +67,10 @@ class SpeederConfig(PretrainedConfig):
             The constructor arguments of a SASRec network (`SASRecNetwork.settings`) whose candidate scores enter
             the candidate label scores with a learned weight (see `collaborative_prior`); set by
             `SpeederForSequentialRec.set_collaborative_prior`. Index answers only. None: no prior.
+        content_prior (`list[str]`, *optional*):
+            Modalities whose feature similarity between each candidate and the history items enters the candidate
+            label scores with fitted weights (see `content_prior`); set by
+            `SpeederForSequentialRec.set_content_prior`. Index answers only. None: no content prior.
         mrc_aux_loss_weight (`float`):
             Weight of the gate load-balancing loss added to the LM loss (0 turns it off).
         item_token_norm (`float`, *optional*):
@@ -117,6 +121,7 @@ class SpeederConfig(PretrainedConfig):
         candidate_pointer_dim: int = 256,
         label_logits: bool = True,
         collaborative_prior: dict[str, Any] | None = None,
+        content_prior: Sequence[str] | None = None,
         item_token_norm: float | None = None,
         max_history_len: int = 20,
         spae_absolute: bool = True,
@@ -153,6 +158,9 @@ class SpeederConfig(PretrainedConfig):
             raise ValueError(f"answer_loss must be one of {ANSWER_LOSSES}, got {answer_loss!r}.")
         if num_item_tokens < 1:
             raise ValueError(f"num_item_tokens must be >= 1, got {num_item_tokens}.")
+        unknown = [m for m in content_prior or () if m not in modalities]
+        if unknown:
+            raise ValueError(f"content_prior names modalities {unknown} the model lacks; it has {modalities}.")
         label_tokens = list(label_tokens) if label_tokens is not None else _letters(num_candidates)
         if len(label_tokens) < num_candidates:
             raise ValueError(f"{num_candidates} candidates need as many label_tokens, got {len(label_tokens)}.")
@@ -172,6 +180,7 @@ class SpeederConfig(PretrainedConfig):
         self.candidate_pointer_dim = candidate_pointer_dim
         self.label_logits = label_logits
         self.collaborative_prior = dict(collaborative_prior) if collaborative_prior is not None else None
+        self.content_prior = list(content_prior) if content_prior else None
         self.item_token_norm = item_token_norm
         self.max_history_len = max_history_len
         self.spae_absolute = spae_absolute
@@ -204,6 +213,21 @@ class SpeederConfig(PretrainedConfig):
     def uses_collaborative_prior(self) -> bool:
         """Whether candidate scores include the SASRec prior (a prior is set and answers are index labels)."""
         return self.collaborative_prior is not None and self.answer_mode == "index"
+
+    @property
+    def uses_content_prior(self) -> bool:
+        """Whether candidate scores include the content prior (modalities are set and answers are index labels)."""
+        return bool(self.content_prior) and self.answer_mode == "index"
+
+    @property
+    def uses_candidate_priors(self) -> bool:
+        """Whether the model reads `prior_history` and `candidate_ids` (it has a collaborative or content prior)."""
+        return self.uses_collaborative_prior or self.uses_content_prior
+
+    @property
+    def prior_history_len(self) -> int:
+        """How many of the latest history items the priors read: SASRec's window where there is one."""
+        return self.collaborative_prior["max_len"] if self.uses_collaborative_prior else self.max_history_len
 
     def modality_dim(self, modality: str) -> int:
         return self.modality_dims[self.modalities.index(modality)]

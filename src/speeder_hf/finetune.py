@@ -23,6 +23,7 @@ from transformers import AutoModel, TrainingArguments, set_seed
 from .backbones import load_llm
 from .catalog import ItemCatalog
 from .collator import SpeederDataCollator
+from .content_prior import default_modalities
 from .data import CandidateSamplingDataset, RecDataset, last_training_rows, make_split, training_sequences
 from .encoders import ImageEncoder, TextEncoder, default_cache_dir, encode_image_modality, encode_text_modality
 from .evaluation import evaluate_ranking
@@ -31,7 +32,7 @@ from .hub import card_examples
 from .lora import merge_lora
 from .modeling_speeder import SpeederForSequentialRec
 from .mpo import default_stages, run_mpo
-from .prior_calibration import calibrate_prior, fit_prior_weight
+from .prior_calibration import PriorFusion, calibrate_priors
 from .recommend import Recommender
 from .sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
 
@@ -84,6 +85,13 @@ class FinetuneArguments:
             "(the LLM learns what SASRec misses), after_training (added to the trained LLM's scores) or none."
         },
     )
+    content_prior: str = field(
+        default="auto",
+        metadata={
+            "help": "Modalities whose feature similarity between candidate and history joins the trained LLM's "
+            "scores with fitted weights: comma-separated, auto (every modality but id) or none."
+        },
+    )
     label_logits: bool = field(
         default=False,
         metadata={
@@ -92,7 +100,7 @@ class FinetuneArguments:
     )
     calibration_rows: int = field(
         default=2000,
-        metadata={"help": "Validation users (the split's last ones) that the prior's weight is fitted on."},
+        metadata={"help": "Validation users (the split's last ones) that the priors' weights are fitted on."},
     )
     max_train_samples: int | None = field(default=4000, metadata={"help": "Subsample training prefixes (None=all)."})
     stage_steps: int = field(default=40, metadata={"help": "Optimizer steps per MPO stage."})
@@ -235,8 +243,25 @@ def build_model(
     return model, tokenizer
 
 
+def content_prior_modalities(args: FinetuneArguments, modalities: list[str]) -> list[str]:
+    """The modalities of `--content_prior` among the model's `modalities`.
+
+    Raises:
+        ValueError: it names a modality the model does not read.
+    """
+    if args.content_prior == "none":
+        return []
+    if args.content_prior == "auto":
+        return default_modalities(modalities)
+    wanted = [m.strip() for m in args.content_prior.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in modalities]
+    if unknown:
+        raise ValueError(f"--content_prior names {unknown}, which the model does not read; it reads {modalities}.")
+    return wanted
+
+
 def calibration_users(split, args: FinetuneArguments, num_evaluated: int):
-    """The last `args.calibration_rows` validation users, which the prior's weight is fitted on: disjoint from the
+    """The last `args.calibration_rows` validation users, which the priors' weights are fitted on: disjoint from the
     evaluated users (the first ones) when the job evaluates the validation split."""
     validation = split["validation"]
     count = min(args.calibration_rows, len(validation))
@@ -285,7 +310,9 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     test = split[args.eval_split]
     if args.max_eval_samples is not None:
         test = test.select(range(min(args.max_eval_samples, len(test))))
-    calibration = calibration_users(split, args, len(test)) if args.collaborative_prior != "none" else None
+    content_modalities = content_prior_modalities(args, catalog.modalities)
+    has_priors = args.collaborative_prior != "none" or bool(content_modalities)
+    calibration = calibration_users(split, args, len(test)) if has_priors else None
 
     train = last_training_rows(split["train"]) if args.training_targets == "held_out" else split["train"]
     train = train.shuffle(seed=args.seed)
@@ -295,7 +322,7 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     prior_record: dict[str, Any] = {"mode": args.collaborative_prior}
     if model.collaborative_prior is not None:
         rows = [train_dataset[i] for i in range(min(PRIOR_FIT_ROWS, len(train_dataset)))]
-        prior_record["initial_weight"] = fit_prior_weight(model.collaborative_prior, rows)
+        prior_record["initial_weight"] = PriorFusion.of(model).fit(rows)["sasrec"]
         logger.info(
             "Collaborative prior: weight %.3f fitted on %d training rows", prior_record["initial_weight"], len(rows)
         )
@@ -339,12 +366,14 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         model = merge_lora(model) if isinstance(model, PeftModel) else model
         if model.collaborative_prior is not None:
             prior_record["trained_weight"] = model.collaborative_prior.weight.item()
-        # The saved prior reads the SASRec of every training item (the retriever); its weight is fitted against the
-        # LLM's scores on validation users, whose targets neither model trained on.
-        model.set_collaborative_prior(sasrec)
-        weight = calibrate_prior(model, tokenizer, calibration, catalog.titles, catalog.texts, args.eval_batch_size)
-        prior_record.update(weight=weight, calibration_users=len(calibration))
-        logger.info("Collaborative prior: weight %.3f fitted on %d validation users", weight, len(calibration))
+        # The saved prior reads the SASRec of every training item (the retriever); the priors' weights are fitted
+        # against the LLM's scores on validation users, whose targets neither model trained on.
+        if args.collaborative_prior != "none":
+            model.set_collaborative_prior(sasrec)
+        model.set_content_prior(content_modalities)
+        weights = calibrate_priors(model, tokenizer, calibration, catalog.titles, catalog.texts, args.eval_batch_size)
+        prior_record.update(weights=weights, content_modalities=content_modalities, calibration_users=len(calibration))
+        logger.info("Prior weights %s fitted on %d validation users", weights, len(calibration))
     save_pretrained_bundle(model, out, tokenizer, catalog, sasrec)
     model = AutoModel.from_pretrained(out)  # evaluate what was saved, through the Auto class users will call
     metrics = evaluate_ranking(
@@ -354,7 +383,7 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         "dataset": rec.name,
         "split": args.eval_split,
         "metrics": metrics,
-        "collaborative_prior": prior_record,
+        "priors": prior_record,
         "train_samples_seen": sum(s.max_steps for s in stages) * args.batch_size * args.gradient_accumulation_steps,
         "mpo_stages": [asdict(s) for s in stages],
         "train_seconds": round(train_seconds, 1),

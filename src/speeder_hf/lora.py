@@ -14,7 +14,7 @@ DEFAULT_TARGET_MODULES = (
 )
 # Trained in full alongside LoRA; PEFT wraps each in a ModulesToSaveWrapper whose attribute lookup returns the
 # trainable copy, so `self.mrc(...)` and method calls such as `self.spae.embed_positions(...)` both use it.
-MODULES_TO_SAVE = ["mrc", "spae", "candidate_pointer", "collaborative_prior"]
+MODULES_TO_SAVE = ["mrc", "spae", "candidate_pointer", "collaborative_prior", "content_prior"]
 
 
 def apply_lora(

@@ -16,6 +16,7 @@ from transformers.utils import logging
 from .candidate_pointer import CandidatePointer
 from .collaborative_prior import CollaborativePrior
 from .configuration_speeder import SpeederConfig
+from .content_prior import ContentPrior
 from .item_features import ItemFeatureTable, check_finite
 from .mrc import MixtureOfModalityExperts
 from .spae import SequentialPositionEncoding
@@ -57,6 +58,8 @@ class SpeederPreTrainedModel(PreTrainedModel):
             init.zeros_(module.key)
         if isinstance(module, CollaborativePrior):
             init.ones_(module.weight)  # start from SASRec's own scores
+        if isinstance(module, ContentPrior):
+            init.zeros_(module.weight)  # a fresh content prior changes no score until its weights are fitted
 
 
 class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
@@ -68,8 +71,9 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
 
     In index mode, candidate label scores are the LM head's label logits, plus the `candidate_pointer` scores
     (`config.candidate_pointer`), plus the `collaborative_prior`'s weighted SASRec scores (once
-    `set_collaborative_prior` gave it a SASRec); they enter the training loss (at labelled positions) and
-    `score_candidates`. The prior reads `prior_history` `(B, L)` and `candidate_ids` `(B, C)`, which
+    `set_collaborative_prior` gave it a SASRec), plus the `content_prior`'s weighted feature similarities to the
+    history (once `set_content_prior` named its modalities); they enter the training loss (at labelled positions)
+    and `score_candidates`. The priors read `prior_history` `(B, L)` and `candidate_ids` `(B, C)`, which
     `SpeederDataCollator` emits for such a model.
     """
 
@@ -81,6 +85,9 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         self.item_table = ItemFeatureTable(config)
         self.candidate_pointer = CandidatePointer(config) if config.uses_candidate_pointer else None
         self.collaborative_prior = CollaborativePrior(config) if config.uses_collaborative_prior else None
+        self.content_prior = (
+            ContentPrior(config.content_prior, config.modalities) if config.uses_content_prior else None
+        )
         self.active_modalities = list(config.modalities)
         self.post_init()
 
@@ -130,6 +137,21 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         if self.collaborative_prior is not None:
             prior.weight.data.copy_(self.collaborative_prior.weight.detach())
         self.collaborative_prior = prior.to(device=self.device, dtype=self.mrc.norm.weight.dtype)
+
+    def set_content_prior(self, modalities: list[str] | tuple[str, ...]) -> None:
+        """Adds the content prior over `modalities` (features of the model's item table), its weights at zero:
+        scores change only once they are fitted (`speeder_hf.prior_calibration.calibrate_priors`). An empty list
+        removes it."""
+        if self.config.answer_mode != "index":
+            raise ValueError("The content prior scores candidate labels; it needs answer_mode='index'.")
+        unknown = [m for m in modalities if m not in self.config.modalities]
+        if unknown:
+            raise ValueError(
+                f"Unknown modalities {unknown} for the content prior; the model has {self.config.modalities}."
+            )
+        self.config.content_prior = list(modalities) or None
+        prior = ContentPrior(modalities, self.config.modalities) if modalities else None
+        self.content_prior = prior.to(device=self.device, dtype=self.mrc.norm.weight.dtype) if prior else None
 
     def set_item_features(self, features: dict[str, torch.Tensor], presence: torch.Tensor) -> None:
         """Installs a catalog's feature table (`features[m]`: `(N, d_m)`, `presence`: `(N, M)` bool)."""
@@ -317,7 +339,9 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
 
     @property
     def _adds_candidate_scores(self) -> bool:
-        return self.candidate_pointer is not None or self.collaborative_prior is not None
+        return (
+            self.candidate_pointer is not None or self.collaborative_prior is not None or self.content_prior is not None
+        )
 
     def _add_candidate_scores(
         self,
@@ -327,7 +351,7 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         inputs: CandidateInputs,
         num_candidates: int,
     ) -> torch.Tensor:
-        """Adds the pointer's `(B, K, C)` and the prior's `(B, C)` scores to the label columns of `logits`
+        """Adds the pointer's `(B, K, C)` and the priors' `(B, C)` scores to the label columns of `logits`
         `(B, K, V)`, for the parts the model has."""
         label_ids = self._label_ids(num_candidates, logits.device)
         if not self.config.label_logits:
@@ -340,20 +364,31 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             )
             scores = self.candidate_pointer(answer_hidden, hidden_states, positions, valid)  # (B, K, C)
             logits = logits.index_add(-1, label_ids, scores.to(logits.dtype))
-        if self.collaborative_prior is not None:
-            if inputs.prior_history is None or inputs.candidate_ids is None:
-                raise ValueError(
-                    "This model has a collaborative prior: pass prior_history and candidate_ids, as "
-                    "SpeederDataCollator emits them for it."
-                )
-            if inputs.candidate_ids.shape[1] > num_candidates:
-                raise ValueError(
-                    f"candidate_ids has {inputs.candidate_ids.shape[1]} columns, more than {num_candidates} labels."
-                )
-            prior = self.collaborative_prior(inputs.prior_history, inputs.candidate_ids)  # (B, C')
-            prior = prior.unsqueeze(1).expand(-1, logits.shape[1], -1)  # (B, K, C')
-            logits = logits.index_add(-1, label_ids[: prior.shape[-1]], prior.to(logits.dtype))
+        priors = self._prior_scores(inputs, num_candidates)  # (B, C') or None
+        if priors is not None:
+            priors = priors.unsqueeze(1).expand(-1, logits.shape[1], -1)  # (B, K, C')
+            logits = logits.index_add(-1, label_ids[: priors.shape[-1]], priors.to(logits.dtype))
         return logits
+
+    def _prior_scores(self, inputs: CandidateInputs, num_candidates: int) -> torch.Tensor | None:
+        """The collaborative and content priors' summed `(B, C')` candidate scores; None without a prior."""
+        if self.collaborative_prior is None and self.content_prior is None:
+            return None
+        if inputs.prior_history is None or inputs.candidate_ids is None:
+            raise ValueError(
+                "This model has a candidate prior: pass prior_history and candidate_ids, as SpeederDataCollator "
+                "emits them for it."
+            )
+        if inputs.candidate_ids.shape[1] > num_candidates:
+            raise ValueError(
+                f"candidate_ids has {inputs.candidate_ids.shape[1]} columns, more than {num_candidates} labels."
+            )
+        scores = 0.0
+        if self.collaborative_prior is not None:
+            scores = self.collaborative_prior(inputs.prior_history, inputs.candidate_ids)  # (B, C')
+        if self.content_prior is not None:
+            scores = scores + self.content_prior(self.item_table, inputs.prior_history, inputs.candidate_ids)
+        return scores
 
     def _label_ids(self, num_candidates: int, device: torch.device) -> torch.LongTensor:
         """`(C,)` token ids of the first `num_candidates` candidate labels."""

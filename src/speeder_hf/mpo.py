@@ -160,7 +160,7 @@ def parameter_group(name: str) -> str | None:
     top = name.split(".", 1)[0]
     if top == "language_model":
         return "llm"
-    if top == "candidate_pointer":
+    if top in ("candidate_pointer", "content_prior"):
         return "head"
     if top == "collaborative_prior":
         return None if ".sasrec." in name else "head"  # SASRec stays frozen; its learned weight trains

@@ -1,9 +1,9 @@
-"""Fitting the collaborative prior's weight on rows that neither SASRec nor the LLM trained on.
+"""Fitting the priors' weights on rows that neither SASRec nor the LLM trained on.
 
-The prior's weight sets how far the candidate scores trust SASRec against the LLM. The main job fits it on
-validation users once the LLM is trained (against the LLM's scores); with the prior in training, it is also fitted
-on the prior alone before training, so that training starts from SASRec's calibrated ranking. See
-docs/accuracy-recipe.md.
+The priors' weights set how far the candidate scores trust SASRec and the content similarities against the LLM.
+The main job fits them on validation users once the LLM is trained (against the LLM's scores); with the
+collaborative prior in training, its weight is also fitted on the prior alone before training, so that training
+starts from SASRec's calibrated ranking. See docs/accuracy-recipe.md.
 """
 
 from __future__ import annotations
@@ -16,25 +16,98 @@ from torch.utils.data import DataLoader
 
 from .collaborative_prior import CollaborativePrior
 from .collator import SpeederDataCollator
+from .content_prior import ContentPrior
+from .fusion_weights import fit_fusion_weights
+from .item_features import ItemFeatureTable
 from .modeling_sasrec import left_pad
+
+SASREC_WEIGHT = "sasrec"
 
 
 def prior_inputs(
-    prior: CollaborativePrior, rows: Sequence[Mapping[str, Any]]
+    rows: Sequence[Mapping[str, Any]], max_len: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.LongTensor, torch.LongTensor, torch.LongTensor]:
-    """What the prior reads for rows with `history`, `candidates` and `target`, candidates in row order: SASRec
+    """What the priors read for rows with `history`, `candidates` and `target`, candidates in row order: SASRec
     tokens `(B, L)` of the last `max_len` history items, candidate rows `(B, C)` and the target's column `(B,)`."""
-    device = prior.weight.device
-    history = left_pad([list(row["history"])[-prior.sasrec.max_len :] for row in rows], device)  # (B, L)
+    history = left_pad([list(row["history"])[-max_len:] for row in rows], device)  # (B, L)
     candidates = torch.tensor([list(row["candidates"]) for row in rows], device=device)  # (B, C)
     target = torch.tensor([list(row["candidates"]).index(row["target"]) for row in rows], device=device)  # (B,)
     return history, candidates, target
 
 
-def fit_prior_weight(prior: CollaborativePrior, rows: Sequence[Mapping[str, Any]]) -> float:
-    """[`CollaborativePrior.fit_weight`] of the prior alone on rows with `history`, `candidates` and `target` (as
-    `CandidateSamplingDataset` gives them); returns the weight."""
-    return prior.fit_weight(*prior_inputs(prior, rows))
+class PriorFusion:
+    """The priors a model's candidate scores add to the LLM's, as one linear map: their per-candidate features
+    `(B, C, K)` (SASRec's score, then the content similarities), their weights by name, and the fit of those
+    weights. Either prior may be absent."""
+
+    def __init__(
+        self,
+        collaborative: CollaborativePrior | None,
+        content: ContentPrior | None,
+        item_table: ItemFeatureTable | None = None,
+        history_len: int | None = None,
+    ):
+        if collaborative is None and content is None:
+            raise ValueError("There is no prior to fit: set a collaborative or content prior first.")
+        if content is not None and item_table is None:
+            raise ValueError("The content prior reads the item table: pass item_table.")
+        if history_len is None and collaborative is None:
+            raise ValueError("Without a SASRec, say how many history items the content prior reads (history_len).")
+        self.collaborative, self.content, self.item_table = collaborative, content, item_table
+        # how many of the latest history items the priors read, as the collator gives them
+        self.history_len = history_len if history_len is not None else collaborative.sasrec.max_len
+
+    @classmethod
+    def of(cls, model) -> PriorFusion:
+        """The priors of a `SpeederForSequentialRec`."""
+        return cls(model.collaborative_prior, model.content_prior, model.item_table, model.config.prior_history_len)
+
+    @property
+    def names(self) -> list[str]:
+        return ([SASREC_WEIGHT] if self.collaborative is not None else []) + (
+            self.content.feature_names if self.content is not None else []
+        )
+
+    @property
+    def weights(self) -> dict[str, float]:
+        values = ([self.collaborative.weight.reshape(1)] if self.collaborative is not None else []) + (
+            [self.content.weight] if self.content is not None else []
+        )
+        return dict(zip(self.names, torch.cat(values).tolist()))
+
+    @torch.no_grad()
+    def set_weights(self, weights: torch.Tensor) -> dict[str, float]:
+        """Sets the `(K,)` weights in `names` order; returns them by name."""
+        offset = 0
+        if self.collaborative is not None:
+            self.collaborative.weight.fill_(float(weights[0]))
+            offset = 1
+        if self.content is not None:
+            self.content.weight.copy_(weights[offset:].to(self.content.weight))
+        return self.weights
+
+    @torch.no_grad()
+    def features(self, history: torch.LongTensor, candidates: torch.LongTensor) -> torch.Tensor:
+        """`(B, C, K)` features of candidates `(B, C)` for histories `(B, L)` (SASRec tokens), in `names` order."""
+        parts = []
+        if self.collaborative is not None:
+            parts.append(self.collaborative.sasrec_scores(history, candidates)[..., None].float())
+        if self.content is not None:
+            parts.append(self.content.similarities(self.item_table, history, candidates).float())
+        return torch.cat(parts, -1)
+
+    def fit(self, rows: Sequence[Mapping[str, Any]], other_scores: torch.Tensor | None = None) -> dict[str, float]:
+        """Fits and sets the weights that minimise the candidate cross-entropy of `other_scores` `(N, C)` (the LLM's
+        scores; none by default) plus the priors' on rows with `history`, `candidates` and `target`; returns them."""
+        history, candidates, target = prior_inputs(rows, self.history_len, self.device)
+        features = self.features(history, candidates).cpu()
+        weights = fit_fusion_weights(features, target.cpu(), candidates.cpu() >= 0, other_scores)
+        return self.set_weights(weights)
+
+    @property
+    def device(self) -> torch.device:
+        prior = self.collaborative if self.collaborative is not None else self.content
+        return prior.weight.device
 
 
 @torch.no_grad()
@@ -58,33 +131,33 @@ def candidate_scores(
 
 
 @torch.no_grad()
-def calibrate_prior(
+def calibrate_priors(
     model,
     tokenizer,
     rows: Sequence[Mapping[str, Any]],
     item_titles: Sequence[str | None] | None = None,
     item_texts: Sequence[str | None] | None = None,
     batch_size: int = 16,
-) -> float:
-    """Fits the prior's weight against the model's other candidate scores (LM head and pointer) on `rows`
-    (`history`, `candidates`, `target`), through the same collator and `score_candidates` as evaluation; returns
-    the weight, which is set on the model."""
-    prior = model.collaborative_prior
-    if prior is None:
-        raise ValueError("The model has no collaborative prior to calibrate (set_collaborative_prior first).")
+) -> dict[str, float]:
+    """Fits the priors' weights against the model's other candidate scores (LM head and pointer) on `rows`
+    (`history`, `candidates`, `target`), through the same collator and `score_candidates` as evaluation; the
+    weights are set on the model and returned by name (`sasrec`, then `<modality>.<aggregate>`)."""
+    if model.collaborative_prior is None and model.content_prior is None:
+        raise ValueError("The model has no prior to calibrate (set_collaborative_prior or set_content_prior first).")
+    fusion = PriorFusion.of(model)
     rows = list(rows)
-    weight = prior.weight.detach().clone()
+    saved = torch.tensor(list(fusion.weights.values()))
     was_training = model.training
     model.eval()
     try:
-        prior.weight.zero_()  # the model's scores without the prior
-        other = candidate_scores(model, tokenizer, rows, item_titles, item_texts, batch_size)  # (N, C)
+        fusion.set_weights(torch.zeros_like(saved))  # the model's scores without the priors
+        other = candidate_scores(model, tokenizer, rows, item_titles, item_texts, batch_size).cpu()  # (N, C)
     except BaseException:
-        prior.weight.copy_(weight)
+        fusion.set_weights(saved)
         raise
     finally:
         model.train(was_training)
-    return prior.fit_weight(*prior_inputs(prior, rows), other_scores=other)
+    return fusion.fit(rows, other_scores=other)
 
 
-__all__ = ["calibrate_prior", "candidate_scores", "fit_prior_weight", "prior_inputs"]
+__all__ = ["PriorFusion", "calibrate_priors", "candidate_scores", "prior_inputs"]
