@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import torch
 
+# An L2 penalty on the weights: it keeps the Newton system solvable when features coincide, and the minimum finite
+# when a small fitting set is separable.
+RIDGE = 1e-3
+
 
 def _cross_entropy(logits: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, target_index)
@@ -23,7 +27,7 @@ def fit_fusion_weights(
     valid: torch.BoolTensor | None = None,
     offsets: torch.Tensor | None = None,
     steps: int = 30,
-    ridge: float = 1e-6,
+    ridge: float = RIDGE,
 ) -> torch.Tensor:
     """The weights `(K,)` that minimise the cross-entropy of `offsets + features @ w` over the candidates.
 
@@ -33,7 +37,7 @@ def fit_fusion_weights(
         valid: `(B, C)` which columns are real candidates (all by default); the others get no probability.
         offsets: `(B, C)` the rest of the candidate scores (the LLM's), zero by default.
         steps: at most this many Newton steps.
-        ridge: a small L2 penalty that keeps the Newton system solvable when features coincide.
+        ridge: the L2 penalty `ridge / 2 * |w|^2` added to the mean cross-entropy.
     """
     x = features.double()  # (B, C, K)
     batch, _, k = x.shape
@@ -72,4 +76,4 @@ def fit_fusion_weights(
     return weights
 
 
-__all__ = ["fit_fusion_weights"]
+__all__ = ["RIDGE", "fit_fusion_weights"]
