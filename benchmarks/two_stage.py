@@ -24,11 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS_DIR, command_line, machine_description, setup_logging, today, write_json  # noqa: E402
 
-from speeder_hf.collator import SpeederDataCollator  # noqa: E402
 from speeder_hf.data import load_dataset_by_name, make_split  # noqa: E402
 from speeder_hf.export import load_pretrained_bundle  # noqa: E402
 from speeder_hf.metrics import rank_metrics  # noqa: E402
-from speeder_hf.recommend import SASRecRetriever  # noqa: E402
+from speeder_hf.recommend import Recommender, Request, SASRecRetriever  # noqa: E402
 from speeder_hf.sasrec import sasrec_ranks  # noqa: E402
 
 
@@ -47,27 +46,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def rerank_ranks(model, tokenizer, catalog, rows, retrieved: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Per row, the target's 0-based position in Speeder's order of the retrieved items, or the catalog size when
-    SASRec did not retrieve it (a miss at every cut-off)."""
-    collator = SpeederDataCollator(tokenizer, model.config, catalog.titles, catalog.texts, mode="eval")
-    k = retrieved.shape[1]  # K
+def rerank_ranks(recommender: Recommender, rows, retrieved: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Per row, the target's 0-based position in the pipeline's order of the retrieved items (scored as
+    `Recommender.score` scores retrieved candidates), or the catalog size when SASRec did not retrieve it (a miss at
+    every cut-off)."""
     ranks = []
     for begin in tqdm(range(0, len(rows), batch_size), desc="Reranking"):
         chunk = rows[begin : begin + batch_size]
         items = retrieved[begin : begin + batch_size]  # (B, K)
-        # The prompt does not depend on the target; the collator only needs one among the candidates.
-        requests = [
-            {"history": r["history"], "candidates": c.tolist(), "target": int(c[0])} for r, c in zip(chunk, items)
-        ]
-        batch = collator(requests)
-        presented = SpeederDataCollator.pop_metadata(batch)["candidate_items"]  # (B, K) in label order
-        batch = {key: value.to(model.device) for key, value in batch.items()}
-        scores = model.score_candidates(num_candidates=k, **batch).cpu()  # (B, K)
-        order = presented.gather(1, scores.argsort(1, descending=True))  # (B, K) items, best first
+        requests = [Request(list(r["history"]), c.tolist(), retrieved=True) for r, c in zip(chunk, items)]
+        scores = torch.stack(recommender.score(requests, batch_size))  # (B, K) in retrieved order
+        order = items.gather(1, scores.argsort(dim=1, descending=True, stable=True))  # (B, K) items, best first
         target = torch.tensor([r["target"] for r in chunk])[:, None]
         found = order == target
-        missed = torch.full((len(chunk),), len(catalog))
+        missed = torch.full((len(chunk),), len(recommender.catalog))
         ranks.append(torch.where(found.any(1), found.int().argmax(1), missed).numpy())
     return np.concatenate(ranks)
 
@@ -90,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     _, sasrec_full = sasrec_ranks(sasrec, test, candidates=False, progress=False)  # (N,) over the catalog
     retrieved = torch.tensor(SASRecRetriever(sasrec).retrieve([r["history"] for r in rows], k))  # (N, K)
-    reranked = rerank_ranks(model, tokenizer, catalog, rows, retrieved, args.batch_size)
+    recommender = Recommender(model, tokenizer, catalog, SASRecRetriever(sasrec))
+    reranked = rerank_ranks(recommender, rows, retrieved, args.batch_size)
 
     def summary(ranks: np.ndarray) -> dict:
         values = rank_metrics(ranks, ks=(1, 5, 10))
@@ -102,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         "retriever_recall": round(float((sasrec_full < k).mean()), 5),
         "sasrec": summary(sasrec_full),
         "two_stage": summary(reranked),
+        "retrieved_fusion": model.config.retrieved_fusion,
         "protocol": f"leave-one-out test users (seeded subset of {args.max_users}); the target ranked over all "
         f"{rec.num_items} items minus the history; two_stage: Speeder reranks SASRec's top {k}",
         "model_dir": str(args.model_dir),

@@ -32,8 +32,8 @@ from .hub import card_examples
 from .lora import merge_lora
 from .modeling_speeder import SpeederForSequentialRec
 from .mpo import default_stages, run_mpo
-from .prior_calibration import PriorFusion, calibrate_priors
-from .recommend import Recommender
+from .prior_calibration import PriorFusion, calibrate_priors, calibrate_retrieved_fusion
+from .recommend import FeatureRetriever, Recommender, SASRecRetriever
 from .sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
 
 logger = logging.getLogger(__name__)
@@ -374,6 +374,13 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         weights = calibrate_priors(model, tokenizer, calibration, catalog.titles, catalog.texts, args.eval_batch_size)
         prior_record.update(weights=weights, content_modalities=content_modalities, calibration_users=len(calibration))
         logger.info("Prior weights %s fitted on %d validation users", weights, len(calibration))
+        # The pipeline's two-stage mode meets the retriever's top candidates, not uniformly drawn ones.
+        retriever = SASRecRetriever(sasrec) if sasrec is not None else FeatureRetriever.from_model(model)
+        texts = {"item_titles": catalog.titles, "item_texts": catalog.texts, "batch_size": args.eval_batch_size}
+        prior_record["retrieved_fusion"] = calibrate_retrieved_fusion(
+            model, tokenizer, calibration, retriever, args.num_candidates, **texts
+        )
+        logger.info("Weights for retrieved candidates: %s", prior_record["retrieved_fusion"])
     save_pretrained_bundle(model, out, tokenizer, catalog, sasrec)
     model = AutoModel.from_pretrained(out)  # evaluate what was saved, through the Auto class users will call
     metrics = evaluate_ranking(

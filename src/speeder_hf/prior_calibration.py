@@ -8,6 +8,7 @@ starts from SASRec's calibrated ranking. See docs/accuracy-recipe.md.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,10 @@ from .fusion_weights import fit_fusion_weights
 from .item_features import ItemFeatureTable
 from .modeling_sasrec import left_pad
 
+logger = logging.getLogger(__name__)
+
 SASREC_WEIGHT = "sasrec"
+LLM_WEIGHT = "llm"
 
 
 def prior_inputs(
@@ -104,6 +108,22 @@ class PriorFusion:
         weights = fit_fusion_weights(features, target.cpu(), candidates.cpu() >= 0, other_scores)
         return self.set_weights(weights)
 
+    @torch.no_grad()
+    def rescore(
+        self,
+        scores: torch.Tensor,
+        history: torch.LongTensor,
+        candidates: torch.LongTensor,
+        weights: Mapping[str, float],
+    ) -> torch.Tensor:
+        """The model's candidate scores `(B, C)` with the LLM's part and each prior feature reweighted by `weights`
+        (`llm`, then `names`), as fitted by `calibrate_retrieved_fusion`."""
+        features = self.features(history, candidates).to(scores.device)  # (B, C, K)
+        current = torch.tensor(list(self.weights.values()), device=scores.device)
+        llm = scores.float() - features @ current  # (B, C): the scores without the priors
+        fitted = torch.tensor([weights[name] for name in self.names], device=scores.device)
+        return weights[LLM_WEIGHT] * llm + features @ fitted
+
     @property
     def device(self) -> torch.device:
         prior = self.collaborative if self.collaborative is not None else self.content
@@ -160,4 +180,61 @@ def calibrate_priors(
     return fusion.fit(rows, other_scores=other)
 
 
-__all__ = ["PriorFusion", "calibrate_priors", "candidate_scores", "prior_inputs"]
+@torch.no_grad()
+def calibrate_retrieved_fusion(
+    model,
+    tokenizer,
+    rows: Sequence[Mapping[str, Any]],
+    retriever,
+    k: int,
+    item_titles: Sequence[str | None] | None = None,
+    item_texts: Sequence[str | None] | None = None,
+    batch_size: int = 16,
+) -> dict[str, float] | None:
+    """Fits how to weigh the LLM's scores and each prior feature when the candidates are a retriever's top `k`
+    (the pipeline's two-stage mode), on `rows` (`history`, `target`) whose target the retriever found; the weights
+    are stored as `model.config.retrieved_fusion` (`llm`, then the priors' names) and returned. Where the retriever
+    found no row's target, nothing is fitted (a warning says so) and None is returned.
+
+    Retrieved candidates are alike and all rank high for SASRec, so the weights fitted on uniformly drawn
+    candidates do not carry over; with the LLM's weight fitted too, the fit can fall back to the retriever's own
+    order where nothing else helps.
+
+    Raises:
+        ValueError: the model has no prior.
+    """
+    if model.collaborative_prior is None and model.content_prior is None:
+        raise ValueError("The model has no prior to reweigh (set_collaborative_prior or set_content_prior first).")
+    rows = list(rows)
+    found = retriever.retrieve([list(row["history"]) for row in rows], k)
+    hits = [
+        {"history": list(row["history"]), "candidates": items, "target": row["target"]}
+        for row, items in zip(rows, found)
+        if row["target"] in items and len(items) == k
+    ]
+    if not hits:
+        logger.warning(
+            "The retriever's top %d holds no target of the %d rows: retrieved candidates keep the priors' weights.",
+            k,
+            len(rows),
+        )
+        return None
+    fusion = PriorFusion.of(model)
+    saved = torch.tensor(list(fusion.weights.values()))
+    was_training = model.training
+    model.eval()
+    try:
+        fusion.set_weights(torch.zeros_like(saved))  # the LLM's scores alone
+        llm = candidate_scores(model, tokenizer, hits, item_titles, item_texts, batch_size).cpu()  # (N, K)
+    finally:
+        fusion.set_weights(saved)
+        model.train(was_training)
+    history, candidates, target = prior_inputs(hits, fusion.history_len, fusion.device)
+    features = torch.cat([llm[..., None], fusion.features(history, candidates).cpu()], -1)  # (N, K, 1 + P)
+    weights = fit_fusion_weights(features, target.cpu())
+    fitted = dict(zip([LLM_WEIGHT, *fusion.names], weights.tolist()))
+    model.config.retrieved_fusion = {**fitted, "fitted_on": len(hits)}
+    return model.config.retrieved_fusion
+
+
+__all__ = ["PriorFusion", "calibrate_priors", "calibrate_retrieved_fusion", "candidate_scores", "prior_inputs"]

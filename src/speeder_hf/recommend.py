@@ -8,7 +8,8 @@ Two stages (the usual retrieve-then-rerank design of LLM recommenders):
    history in the saved `id` features, the SASRec item embeddings, else in the text features).
 2. **Rerank**: the Speeder model reads the history and the labelled candidates in one prompt and scores every
    candidate label in one forward pass (`score_candidates`); the scores are softmaxed over the candidates, so
-   `score` is the model's probability that the item is the next one, among these candidates.
+   `score` is the model's probability that the item is the next one, among these candidates. Retrieved candidates
+   are scored with the weights the model's `config.retrieved_fusion` fitted for them, where it has them.
 
 Items are named by their external id (the catalog's `item_id`, a string; an int is read as its decimal string) or by
 their title (`ItemCatalog.resolve`: ids first, then titles matched whole, ignoring case and surrounding spaces).
@@ -25,6 +26,7 @@ import torch
 
 from .catalog import ItemCatalog
 from .collator import SpeederDataCollator
+from .prior_calibration import PriorFusion
 from .sasrec import SASRec
 
 ItemRef = str | int
@@ -258,9 +260,21 @@ class Recommender:
             batch = {key: value.to(self.model.device) for key, value in self.collator(rows).items()}
             width = max(len(r.candidates) for r in chunk)
             logits = self.model.score_candidates(num_candidates=width, **batch)  # (B, width)
+            logits = self._reweigh_retrieved(logits, batch, chunk)
             # A row with fewer candidates than `width` never saw the extra labels; they take no part in its softmax.
             scores += [row[: len(r.candidates)].softmax(-1).cpu() for row, r in zip(logits, chunk)]
         return scores
+
+    def _reweigh_retrieved(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], chunk) -> torch.Tensor:
+        """The rows of retrieved requests rescored with `config.retrieved_fusion` (the others unchanged)."""
+        weights = self.model.config.retrieved_fusion
+        retrieved = torch.tensor([r.retrieved for r in chunk], device=logits.device)
+        if not weights or not retrieved.any() or "prior_history" not in batch:
+            return logits
+        fusion = PriorFusion.of(self.model)
+        rescored = fusion.rescore(logits, batch["prior_history"], batch["candidate_ids"], weights)
+        # `candidate_ids` columns follow the presented (label) order, as `score_candidates` columns do.
+        return torch.where(retrieved[:, None], rescored.to(logits.dtype), logits)
 
     def rank(self, request: Request, scores: torch.Tensor, top_k: int | None = None) -> list[dict[str, Any]]:
         """The request's candidates sorted by score (ties keep candidate order), as `{item_id, title, score}`."""
