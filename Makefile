@@ -18,7 +18,7 @@ DEMO_FLAGS ?= --llm_layers 6 --stage_steps 30 --final_stage_steps 270 --batch_si
 
 .PHONY: install test demo lint
 
-$(BIN)/.installed: setup.py constraints-ci.txt
+$(BIN)/.installed: pyproject.toml constraints-ci.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints-ci.txt -e ".[dev]"

@@ -2,8 +2,9 @@
 text/image features, the SASRec `id` features (and model) and, for the `mllm` baseline, per-cell image feature
 maps. The GPU run then needs neither the encoders' weights nor the raw files.
 
-- Beauty (Amazon 2014 5-core, the embedded examples/data/beauty) and Sports_and_Outdoors (`--data-root`/sports):
-  text (all-MiniLM-L6-v2 over title + categories + keywords) and id (SASRec). No images exist for them.
+- Beauty (Amazon 2014 5-core, shipped in the package: speeder_hf/data/amazon-beauty) and Sports_and_Outdoors
+  (`--data-root`/sports): text (all-MiniLM-L6-v2 over title + categories + keywords) and id (SASRec). No images exist
+  for them.
 - MovieLens-100K (`--data-root`/llara_movielens, posters from `--data-root`/movielens_posters): text (title +
   genres), image (EfficientNet-Lite0, pooled 1280-d), id (SASRec) and the 7x7 EfficientNet-Lite0 feature map of each
   poster (49 image tokens per item), its 1280 channels reduced by PCA to `--spatial-channels` to keep the folder small

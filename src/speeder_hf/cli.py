@@ -212,14 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     card = commands.add_parser(
         "card",
         help="Generate the model card (README.md) of a saved model from its evaluation results.",
-        description="Fills model_cards/template.md: Hub metadata, model-index, widget examples, usage, training.",
+        description="Fills the card template: Hub metadata, model-index, widget examples, usage, training.",
     )
     card.add_argument("--model-dir", required=True)
     card.add_argument("--eval-results", required=True, help="eval_results.json written by `train`.")
     card.add_argument("--out", required=True, help="Where to write the card (e.g. model_cards/speeder-beauty.md).")
     card.add_argument("--repo-id", help="Hub id used in the usage snippets (default: the directory name).")
     card.add_argument("--license", default="apache-2.0")
-    card.add_argument("--template", help="A Jinja card template (default: model_cards/template.md).")
+    card.add_argument("--template", help="A Jinja card template (default: the package's model_card_template.md).")
     card.set_defaults(handler=card_command)
 
     push = commands.add_parser(

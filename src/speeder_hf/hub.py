@@ -1,9 +1,9 @@
 """Model cards and publishing to the Hugging Face Hub.
 
-- [`build_model_card`] fills `model_cards/template.md` from a saved model directory and its evaluation results: the
-  Hub metadata (library_name, pipeline_tag, base_model, datasets, tags, license, a `model-index` with the measured
-  metrics, widget examples whose outputs are the model's real recommendations), a usage snippet, training details,
-  limitations and citations.
+- [`build_model_card`] fills the card template (`speeder_hf/model_card_template.md`, shipped as package data) from a
+  saved model directory and its evaluation results: the Hub metadata (library_name, pipeline_tag, base_model,
+  datasets, tags, license, a `model-index` with the measured metrics, widget examples whose outputs are the model's
+  real recommendations), a usage snippet, training details, limitations and citations.
 - [`publish`] / [`publish_folder`]: `save_pretrained_bundle` -> card -> `HfApi().upload_folder`. The card is written
   last and uploaded with the files: `push_to_hub` would replace README.md with an auto-generated stub.
 
@@ -21,6 +21,8 @@ import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from .export import SASREC_DIR, save_pretrained_bundle
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "model_cards" / "template.md"
+DEFAULT_TEMPLATE: Traversable = resources.files(__package__) / "model_card_template.md"  # package data
 PIPELINE_TASK = "sequential-recommendation"
 TAGS = ["recommendation", "sequential-recommendation", "multimodal", "speeder", "custom_code"]
 # Metrics put in the model-index, in this order (others from `evaluate_ranking` stay in the card's table only).
@@ -316,7 +318,7 @@ def build_model_card(
         eval_results: the results file (or its parsed content) written by `run_finetune`.
         repo_id: the Hub id used in the usage snippets; defaults to the directory name.
         license: the license of the model weights.
-        template_path: a Jinja template; defaults to `model_cards/template.md`.
+        template_path: a Jinja template; defaults to the package's `model_card_template.md`.
 
     Raises:
         ValueError: the results lack a required field, or name an unknown dataset or backbone.
@@ -333,9 +335,9 @@ def build_model_card(
     _require(results["metrics"], ("VHR@1", "num_samples", "protocol"), f"{source} ('metrics')")
     if not results["examples"]:
         raise ValueError(f"{source} has no examples; add some with speeder_hf.hub.card_examples.")
-    template_path = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE
-    if not template_path.is_file():
-        raise FileNotFoundError(f"Model card template {template_path} not found; pass template_path.")
+    template = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE
+    if not template.is_file():
+        raise FileNotFoundError(f"Model card template {template} not found; pass template_path.")
 
     config = json.loads((model_dir / "config.json").read_text())
     catalog = ItemCatalog.load(model_dir)
@@ -453,7 +455,7 @@ def build_model_card(
     split_strategy = str(args.get("split_strategy", "leave_one_out")).replace("_", "-")
     card = ModelCard.from_template(
         card_data,
-        template_path=str(template_path),
+        template_str=template.read_text(encoding="utf-8"),
         model_name=model_name,
         dataset_pretty=info.pretty,
         modalities_text=_and(trained_in_order),

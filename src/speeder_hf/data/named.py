@@ -1,6 +1,7 @@
 """`load_dataset_by_name`: the datasets the examples and benchmarks use, found by short name.
 
-- `beauty`: Amazon Beauty, embedded in the checkout (`examples/data/beauty`), else from the shared data folder.
+- `beauty`: Amazon Beauty, shipped inside the package (package data in `speeder_hf/data/amazon-beauty`), else from
+  the shared data folder.
 - `sports`: Amazon Sports_and_Outdoors (keywords as text, no titles) from the shared data folder.
 - `movielens` (alias `ml-100k`): MovieLens-100K with posters as images, from the shared data folder only (its terms
   forbid redistribution, so it is never copied into the project).
@@ -13,6 +14,8 @@ The shared data folder is `$SPEEDER_HF_DATA` when set, else `shared/data` beside
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
+from importlib import resources
 from pathlib import Path
 
 from .images import attach_images
@@ -20,8 +23,8 @@ from .movielens import load_movielens, movielens_posters
 from .rec_dataset import RecDataset
 from .s3rec import load_s3rec
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-EMBEDDED_DATA = REPO_ROOT / "examples" / "data"
+REPO_ROOT = Path(__file__).resolve().parents[3]  # the checkout, for an editable install
+EMBEDDED_BEAUTY = ("Beauty.txt.gz", "items.jsonl.gz")  # package data, in `speeder_hf/data/amazon-beauty/`
 NAMES = ("beauty", "sports", "movielens")
 
 
@@ -39,11 +42,15 @@ def load_dataset_by_name(name: str) -> RecDataset:
     key = name.lower()
     shared = shared_data_dir()
     if key == "beauty":
-        for folder in (EMBEDDED_DATA / "beauty", shared / "beauty"):
-            found = _s3rec_files(folder, "Beauty")
-            if found:
-                return load_s3rec(*found, name="beauty")
-        raise FileNotFoundError(f"Beauty not found in {EMBEDDED_DATA / 'beauty'} or {shared / 'beauty'}.")
+        embedded = resources.files(__package__) / "amazon-beauty"
+        if all(embedded.joinpath(n).is_file() for n in EMBEDDED_BEAUTY):
+            with ExitStack() as stack:  # real files even when the package is not unpacked on disk
+                paths = [stack.enter_context(resources.as_file(embedded.joinpath(n))) for n in EMBEDDED_BEAUTY]
+                return load_s3rec(*paths, name="beauty")
+        found = _s3rec_files(shared / "beauty", "Beauty")
+        if found:
+            return load_s3rec(*found, name="beauty")
+        raise FileNotFoundError(f"Beauty not found in the package ({embedded}) or in {shared / 'beauty'}.")
     if key == "sports":
         found = _s3rec_files(shared / "sports", "Sports_and_Outdoors")
         if not found:
