@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import subprocess
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -60,11 +62,36 @@ def test_recommend(saved, capsys):  # noqa: F811
     assert len(lines) == 2 and "[id I4]" in "".join(lines) and "[id I5]" in "".join(lines)
 
 
-def test_recommend_unknown_item_fails_clearly(saved):  # noqa: F811
-    from speeder_hf.recommend import UnknownItemError
+def _one_error_line(capsys) -> str:
+    """The one stderr line of an input error: the last one, with no traceback (transformers' loading progress may
+    come before it)."""
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert "Traceback" not in captured.err and not captured.out, captured.err
+    assert [line for line in lines if "error:" in line] == lines[-1:], captured.err
+    return lines[-1]
 
-    with pytest.raises(UnknownItemError, match="Unknown item 'nope'"):
-        main(["recommend", "--model-dir", str(saved[3]), "--history", "nope"])
+
+def test_recommend_unknown_item_is_one_line_and_exit_code_2(saved, capsys):  # noqa: F811
+    assert main(["recommend", "--model-dir", str(saved[3]), "--history", "nope"]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("speeder-hf recommend: error: Unknown item 'nope'")
+
+
+def test_missing_file_and_bad_flag_value_are_one_line_each(saved, tmp_path, capsys):  # noqa: F811
+    missing = tmp_path / "nothing.json"
+    card = ["card", "--model-dir", str(saved[3]), "--eval-results", str(missing), "--out", str(tmp_path / "c.md")]
+    assert main(card) == 2
+    assert str(missing) in _one_error_line(capsys)
+    assert main(["train", "--eval_split", "train"]) == 2
+    assert "eval_split must be 'test' or 'validation', got 'train'" in _one_error_line(capsys)
+
+
+def test_verbose_shows_the_traceback_of_an_input_error(saved, capsys):  # noqa: F811
+    assert main(["--verbose", "recommend", "--model-dir", str(saved[3]), "--history", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "UnknownItemError" in err
+    assert err.strip().splitlines()[-1].startswith("speeder-hf recommend: error: Unknown item 'nope'")
 
 
 def test_card(saved, tmp_path, capsys):  # noqa: F811
@@ -206,6 +233,25 @@ def test_build_catalog(tiny_data, tmp_path, capsys):
     sasrec = SASRec.from_pretrained(out / "sasrec")
     assert sasrec.num_items == len(catalog)
     assert f"Saved the catalog of {len(catalog)} items" in capsys.readouterr().out
+
+
+def test_build_catalog_on_a_malformed_line_prints_one_line_naming_file_and_line(tmp_path):
+    data = tmp_path / "bad"
+    data.mkdir()
+    (data / "bad.txt").write_text("1 1 2 3\n2 2 x 4\n")
+    script = Path(sys.executable).with_name("speeder-hf")  # the installed console script, as a user runs it
+    result = subprocess.run(
+        [str(script), "build-catalog", "--dataset", str(data), "--out", str(tmp_path / "catalog")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"},
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"speeder-hf build-catalog: error: {data / 'bad.txt'}, line 2: 'x' is not a non-negative integer id."
+    ]
+    assert not (tmp_path / "catalog").exists()
 
 
 def test_two_stage_ranks_the_whole_catalog_and_cannot_find_what_was_not_retrieved(trained, tiny_data, tmp_path):

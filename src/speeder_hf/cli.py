@@ -7,6 +7,9 @@
     speeder-hf card --model-dir outputs/speeder-beauty --eval-results outputs/speeder-beauty/eval_results.json \\
         --out model_cards/speeder-beauty.md
     speeder-hf push --model-dir outputs/speeder-beauty --repo-id me/speeder-beauty
+
+Bad input (a malformed data line, an unknown item, a missing file, a wrong flag value) is answered with one line on
+stderr, which names the file and line, the item or the flag, and exit code 2; `--verbose` adds the traceback.
 """
 
 from __future__ import annotations
@@ -16,14 +19,22 @@ import dataclasses
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from .data import DataFormatError
 from .finetune import FinetuneArguments
+from .recommend import UnknownItemError
 
 logger = logging.getLogger(__name__)
+
+# Errors of the user's input, whose messages say what is wrong and where: one line and exit code 2, not a traceback.
+# (DataFormatError and UnknownItemError are ValueErrors; they are named for the reader.)
+INPUT_ERRORS = (DataFormatError, UnknownItemError, FileNotFoundError, ValueError)
+INPUT_ERROR_EXIT_CODE = 2
 
 
 def _finetune_arguments(namespace: argparse.Namespace, fields: Sequence[str] | None = None) -> FinetuneArguments:
@@ -163,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speeder-hf", description="Speeder multimodal-LLM sequential recommendation (speeder_hf)."
     )
-    parser.add_argument("--verbose", action="store_true", help="Log at INFO level.")
+    parser.add_argument(
+        "--verbose", action="store_true", help="Log at INFO level, and show the traceback of an input error."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=HfArgumentParser)
 
     train = commands.add_parser(
@@ -236,13 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one subcommand; returns the exit code: 0, or 2 after printing an input error (`INPUT_ERRORS`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if args.verbose else logging.WARNING,
     )
-    args.handler(args)
+    try:
+        args.handler(args)
+    except INPUT_ERRORS as error:
+        if args.verbose:
+            traceback.print_exc()
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"speeder-hf {args.command}: error: {message}", file=sys.stderr)
+        return INPUT_ERROR_EXIT_CODE
+    return 0
 
 
 if __name__ == "__main__":
