@@ -1,9 +1,10 @@
-"""Renders the README's results section from the committed result files (never typed by hand):
-`benchmarks/results/efficiency.json`, `accuracy.json`, `mpo_share.json` and `sasrec_beauty.json`, each figure with
-the command, machine, date and budget recorded in its JSON, and the SPEC §7 targets marked as met or missed.
+"""Renders `docs/RESULTS.md` from the committed result files (never typed by hand):
+`benchmarks/results/efficiency.json`, `accuracy.json`, `two_stage.json`, `mpo_share.json` and `sasrec_beauty.json`,
+each figure with the command, machine, date and budget recorded in its JSON, and the targets of `docs/design.md`
+marked as met or missed. Its first table, the headline, is also the README's results table (`headline`).
 
-    python benchmarks/report.py                       # writes benchmarks/results/RESULTS.md
-    python benchmarks/report.py --readme README.md    # rewrites README.md between the results markers
+    python benchmarks/report.py              # writes docs/RESULTS.md
+    python benchmarks/report.py --headline   # prints only the headline table, for the README
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import argparse
 import json
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
+RESULTS_MD = REPO / "docs" / "RESULTS.md"
 STYLE_ORDER = ("speeder", "llara", "text", "mllm")
 METRICS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
 # Each variant of the full model, and the part of it that the variant lacks.
@@ -34,7 +36,8 @@ ABLATIONS = {
 METHOD_ORDER = ("sasrec", "prior", "priors", "speeder", "speeder_no_prior", "speeder_no_mpo", "speeder_no_spae")
 METHOD_ORDER += ("speeder_no_gate", "speeder_text_only")
 METHOD_ORDER += ("llara", "text", "mllm")
-# SPEC §7: speeder / llara prompt tokens at most, training and inference throughput ratios at least.
+# The efficiency targets (docs/design.md, "Targets"): speeder / llara prompt tokens at most, training and inference
+# throughput ratios at least.
 TOKEN_TARGET, TRAIN_TARGET, INFER_TARGET = 0.25, 3.0, 5.0
 
 
@@ -77,7 +80,7 @@ def _wall_and_runs(result: dict[str, Any], key: str) -> list[str]:
 def efficiency_section(result: dict[str, Any], image: str) -> list[str]:
     settings = result["settings"]
     lines = [
-        "### Efficiency",
+        "## Efficiency",
         "",
         *_provenance(result),
         f"- budget: {settings['num_candidates']} candidates; training batch {settings['train_batch_size']}, "
@@ -116,7 +119,8 @@ def efficiency_section(result: dict[str, Any], image: str) -> list[str]:
             if not table:
                 continue
             wanted = (
-                f"SPEC targets: tokens <= {TOKEN_TARGET}, training >= {TRAIN_TARGET}x, inference >= {INFER_TARGET}x"
+                f"[targets](design.md#targets): tokens <= {TOKEN_TARGET}, training >= {TRAIN_TARGET}x, inference >= "
+                f"{INFER_TARGET}x"
                 if reference == "llara"
                 else "the ratios should exceed those against llara"
             )
@@ -141,7 +145,7 @@ def efficiency_section(result: dict[str, Any], image: str) -> list[str]:
 
 
 def accuracy_section(result: dict[str, Any], image: str) -> list[str]:
-    lines = ["### Accuracy", "", *_provenance(result)]
+    lines = ["## Accuracy", "", *_provenance(result)]
     if "wall_seconds" in result:
         lines += _wall_and_runs(result, "methods")
     lines += ["", f"![accuracy]({image})", ""]
@@ -237,7 +241,7 @@ def curve_lines(methods: dict[str, dict]) -> list[str]:
 
 def two_stage_section(result: dict[str, Any]) -> list[str]:
     """SASRec retrieves, Speeder reranks: full-catalog ranking against SASRec's own (`benchmarks/two_stage.py`)."""
-    lines = ["### Two-stage recommendation over the whole catalog", ""]
+    lines = ["## Two-stage recommendation over the whole catalog", ""]
     for dataset, entry in result.items():
         sasrec, two = entry["sasrec"], entry["two_stage"]
         lines += [
@@ -295,7 +299,7 @@ def two_standard_errors(rate: float, other: float, num_users: int) -> float:
 def mpo_share_section(result: dict[str, Any], image: str) -> list[str]:
     """MPO's sample split compared on validation users (`benchmarks/mpo_share.py`), each variant against the
     first one (MPO's equal split)."""
-    lines = ["### MPO's sample split, on validation users", "", f"- question: {result['question']}"]
+    lines = ["## MPO's sample split, on validation users", "", f"- question: {result['question']}"]
     lines += [*_provenance(result), f"- wall time: {result['wall_seconds'] / 60:.1f} min", "", f"![mpo_share]({image})"]
     for dataset, entry in result["datasets"].items():
         budget, data, variants = entry["budget"], entry["data"], entry["variants"]
@@ -326,7 +330,7 @@ def sasrec_section(result: dict[str, Any]) -> list[str]:
     machine, full, cands = result["machine"], result["full_ranking"], result["candidates_20"]
     published = result["published_sasrec"]
     return [
-        "### SASRec on Amazon Beauty",
+        "## SASRec on Amazon Beauty",
         "",
         f"- command: `{result['command']}`",
         f"- machine: {machine['device']} ({machine.get('platform', '')}), {machine.get('cpu_cores', '?')} CPU cores, "
@@ -345,20 +349,69 @@ def sasrec_section(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def headline(results_dir: Path = RESULTS_DIR) -> list[str]:
+    """The headline table (the README's results table): per accuracy dataset, Speeder against the SASRec it reads on
+    the same test users and candidates, the model without SASRec's prior, and the efficiency ratios against the
+    LLaRA-style prompt at history 10 where the efficiency benchmark measured that dataset."""
+    accuracy_path, efficiency_path = results_dir / "accuracy.json", results_dir / "efficiency.json"
+    if not accuracy_path.is_file():
+        return ["Not produced yet: run `python benchmarks/accuracy.py`."]
+    accuracy = json.loads(accuracy_path.read_text())
+    efficiency = json.loads(efficiency_path.read_text()) if efficiency_path.is_file() else {"by_dataset": {}}
+    lines = [
+        "| dataset | test users | training samples | Speeder VHR@1 | SASRec HR@1 (paired test) | Speeder without the "
+        "prior | prompt tokens vs LLaRA | training / inference speed vs LLaRA |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    datasets = [k for k, v in accuracy.items() if isinstance(v, dict) and "budget" in v]
+    for dataset in datasets:
+        entry = accuracy[dataset]
+        methods = entry["methods"]
+        speeder, sasrec = methods.get("speeder", {}), methods.get("sasrec", {})
+        paired = speeder.get("paired_vs_sasrec")
+        versus = _fmt(sasrec.get("VHR@1")) + (f" ({_p(paired['p_value'])})" if paired else "")
+        alone = _fmt(methods.get("speeder_no_prior", {}).get("VHR@1"))
+        ratios = efficiency["by_dataset"].get(dataset, {}).get("ratios_vs_llara", {}).get("10")
+        tokens = f"x{ratios['prompt_tokens']:.2f}" if ratios else "–"
+        speed = f"x{ratios['train_throughput']:.1f} / x{ratios['infer_throughput']:.1f}" if ratios else "–"
+        lines.append(
+            f"| {dataset} | {entry['data']['test_users']} | {entry['budget']['train_samples']} | "
+            f"{_fmt(speeder.get('VHR@1'))} | {versus} | {alone} | {tokens} | {speed} |"
+        )
+    if datasets:
+        first = accuracy[datasets[0]]
+        caption = (
+            f"Leave-one-out test users, {first['data']['candidates'].split(' (')[0]} candidates each (the target and "
+            f"uniformly drawn negatives, fixed by seed), the same for every method. {accuracy['backbone']}; one epoch, "
+            f"batch {first['budget']['batch_size']}, LoRA r={first['budget']['lora']['r']}; measured on a "
+            f"{accuracy['machine']['device']}, the last run on {accuracy['date']}."
+        )
+        if efficiency.get("backbone"):
+            caption += (
+                f" Efficiency: {efficiency['backbone']}, histories of 10 items, measured on {efficiency['date']}."
+            )
+        lines += ["", *textwrap.wrap(caption, width=120, break_on_hyphens=False)]
+    return lines
+
+
 def render(results_dir: Path, output: Path) -> str:
-    """The markdown section; image links are relative to `output`'s folder."""
+    """The markdown page; image links are relative to `output`'s folder."""
     shown = results_dir.relative_to(REPO) if results_dir.is_relative_to(REPO) else results_dir
     lines = [
-        START,
-        "## Results",
+        "# Results",
         "",
-        f"*Generated by `python benchmarks/report.py` from `{shown}/*.json`; do not edit by hand.*",
+        f"*Generated by `python benchmarks/report.py` from `{shown}/*.json`; do not edit by hand.* How each figure is "
+        "measured, and why: [design.md](design.md). The accuracy recipe: [accuracy-recipe.md](accuracy-recipe.md).",
+        "",
+        "## Headline",
+        "",
+        *headline(results_dir),
         "",
     ]
     for name, section in (("efficiency", efficiency_section), ("accuracy", accuracy_section)):
         path = results_dir / f"{name}.json"
         if not path.is_file():
-            lines += [f"### {name.capitalize()}", "", f"Not produced yet: run `python benchmarks/{name}.py`.", ""]
+            lines += [f"## {name.capitalize()}", "", f"Not produced yet: run `python benchmarks/{name}.py`.", ""]
             continue
         image = os.path.relpath(results_dir / f"{name}.png", output.parent)
         lines += section(json.loads(path.read_text()), image) + [""]
@@ -369,33 +422,24 @@ def render(results_dir: Path, output: Path) -> str:
         lines += mpo_share_section(json.loads((results_dir / "mpo_share.json").read_text()), image)
     if (results_dir / "sasrec_beauty.json").is_file():
         lines += sasrec_section(json.loads((results_dir / "sasrec_beauty.json").read_text()))
-    lines.append(END)
-    return "\n".join(lines) + "\n"
-
-
-def rewrite_readme(readme: Path, section: str) -> None:
-    text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme} has no {START} ... {END} markers; add them where the results should go.")
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    readme.write_text(before + section.rstrip("\n") + after)
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "RESULTS.md")
-    parser.add_argument("--readme", type=Path, default=None, help="rewrite this file between the results markers")
+    parser.add_argument("--out", type=Path, default=RESULTS_MD)
+    parser.add_argument("--headline", action="store_true", help="print only the headline table (the README's)")
     args = parser.parse_args(argv)
-    target = args.readme or args.out
-    section = render(args.results_dir.resolve(), target.resolve())
-    if args.readme:
-        rewrite_readme(args.readme, section)
-    else:
-        args.out.write_text(section)
-    print(f"wrote {target}")
-    return section
+    if args.headline:
+        text = "\n".join(headline(args.results_dir.resolve())) + "\n"
+        print(text, end="")
+        return text
+    page = render(args.results_dir.resolve(), args.out.resolve())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(page)
+    print(f"wrote {args.out}")
+    return page
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -482,22 +483,23 @@ def test_accuracy_continues_an_interrupted_evaluation_from_its_last_saved_batch(
     assert calls == [5, 5, 2] and other["synthetic"]["methods"]["llara"]["eval_sittings"] == 1
 
 
-def test_report_renders_from_the_json_and_rewrites_only_between_markers(quick_results, tmp_path):
+def test_report_renders_the_results_page_and_the_headline_from_the_json(quick_results, tmp_path, capsys):
     out, _, _ = quick_results
-    section = report.main(["--results-dir", str(out), "--out", str(tmp_path / "RESULTS.md")])
-    assert "### Efficiency" in section and "### Accuracy" in section
-    assert "| 50 | mllm |" in section and "speeder vs mllm" in section
+    page = report.main(["--results-dir", str(out), "--out", str(tmp_path / "docs" / "RESULTS.md")])
+    assert (tmp_path / "docs" / "RESULTS.md").read_text() == page
+    assert page.startswith("# Results\n") and "## Efficiency" in page and "## Accuracy" in page
+    assert "| 50 | mllm |" in page and "speeder vs mllm" in page
     efficiency_result = json.loads((out / "efficiency.json").read_text())
-    assert efficiency_result["command"] in section
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\n{report.START}\nold\n{report.END}\n\n## after\n")
-    report.main(["--results-dir", str(out), "--readme", str(readme)])
-    text = readme.read_text()
-    assert text.startswith("# title\n\n" + report.START) and text.endswith(report.END + "\n\n## after\n")
-    assert "old" not in text and text.count(report.START) == 1
-    readme.write_text("# no markers\n")
-    with pytest.raises(SystemExit, match="no <!-- results:start -->"):
-        report.main(["--results-dir", str(out), "--readme", str(readme)])
+    assert efficiency_result["command"] in page
+    # image links are relative to the page's folder
+    assert f"![efficiency]({os.path.relpath(out / 'efficiency.png', tmp_path / 'docs')})" in page
+    # the headline table is the page's first table, and what --headline prints (the README's table)
+    capsys.readouterr()
+    headline = report.main(["--results-dir", str(out), "--headline"])
+    assert capsys.readouterr().out == headline and headline.rstrip("\n") in page
+    (row,) = [line for line in headline.splitlines() if line.startswith("| synthetic |")]
+    speeder = json.loads((out / "accuracy.json").read_text())["synthetic"]["methods"]["speeder"]
+    assert f"| {speeder['VHR@1']:.4f} |" in row and ("p = " in row or "p < " in row)
 
 
 def test_accuracy_table_lists_methods_in_a_fixed_order_whatever_order_runs_added_them(quick_results):
