@@ -1,6 +1,6 @@
-"""Efficiency benchmark (issue 6, SPEC §7): prompt tokens, training and inference throughput and peak memory of each
-prompt style on the same backbone, LoRA setup, batch size, samples and machine, at history lengths 10, 20 and 50
-with 20 candidates.
+"""Efficiency benchmark: prompt tokens, training and inference throughput and peak memory of each prompt style on the
+same backbone, LoRA setup, batch size, samples and machine, at history lengths 10, 20 and 50 with 20 candidates. The
+targets it is measured against are in docs/design.md ("Targets").
 
 Styles (each with its own model and answer protocol, see `benchmarks/common.py`):
 `speeder` (one soft token per item + position token; the answer label is scored in one forward pass),

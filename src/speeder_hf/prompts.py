@@ -1,4 +1,5 @@
-"""Prompt building for the prompt styles (SPEC §3.4), in one place and deterministic given the sample.
+"""Prompt building for the prompt styles (docs/design.md, "Prompts"), in one place and deterministic given the
+sample.
 
 A sample is a user's history (internal item indices, oldest first), the candidates in the order they are shown,
 and the target. `PromptBuilder.render` turns it into the prompt text (ending right where the answer starts), the
@@ -13,7 +14,7 @@ Styles (each history item / candidate as written; `<item>` stands for `num_item_
 - `llara` (LLaRA's hybrid prompt): history and candidates `{title} <item>`, comma-separated; with `hybrid=False`
   only `{title}` (LLaRA's text-only curriculum prompt, no slots).
 - `text` (TALLRec-like): history items as their full text, one per line; candidates as titles; no slots.
-- `mllm` (uncompressed multimodal baseline, LLaVA-like, issue 6): LLaRA's template with each item written as
+- `mllm` (uncompressed multimodal baseline, LLaVA-like): LLaRA's template with each item written as
   `{title} <image>...<image><item>`: `num_image_tokens` image placeholders (one per cell of the image encoder's
   spatial feature map) and the ID slot. It needs `config.image_token` and `config.num_image_tokens`, which
   `speeder_hf.baselines.MLLMForSequentialRec.from_llm` records; every item gets its image placeholders (an item

@@ -9,16 +9,16 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
 
-SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")  # ids 0, 1, 2, which `tiny_causal_lm` uses as pad / eos / bos
+RESERVED_TOKENS = ("<pad>", "<eos>", "<unk>")  # ids 0, 1, 2, which `tiny_causal_lm` uses as pad / eos / bos
 LETTERS = tuple(chr(ord("A") + i) for i in range(26))
 
 
 def word_level_tokenizer(
     words: Sequence[str], symbols: Sequence[str] = ("(", ")", ":", ",", ".", "\n"), digits: bool = False
 ) -> PreTrainedTokenizerFast:
-    """A whitespace/punctuation word-level tokenizer over `SPECIAL_TOKENS + symbols + A..Z (+ 0..9) + words`;
+    """A whitespace/punctuation word-level tokenizer over `RESERVED_TOKENS + symbols + A..Z (+ 0..9) + words`;
     unknown words map to `<unk>`. With `digits`, numbers split into single digits (so any number is in-vocabulary)."""
-    vocabulary = [*SPECIAL_TOKENS, *symbols, *LETTERS, *([str(d) for d in range(10)] if digits else []), *words]
+    vocabulary = [*RESERVED_TOKENS, *symbols, *LETTERS, *([str(d) for d in range(10)] if digits else []), *words]
     backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(dict.fromkeys(vocabulary))}, unk_token="<unk>"))
     splitters = [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
     if digits:
@@ -60,4 +60,4 @@ def tiny_causal_lm(vocab_size: int, arch: str = "llama", tie: bool = True, seed:
     return AutoModelForCausalLM.from_config(config)
 
 
-__all__ = ["LETTERS", "SPECIAL_TOKENS", "tiny_causal_lm", "word_level_tokenizer"]
+__all__ = ["LETTERS", "RESERVED_TOKENS", "tiny_causal_lm", "word_level_tokenizer"]

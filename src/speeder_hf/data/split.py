@@ -1,5 +1,5 @@
-"""Train / validation / test samples from a `RecDataset` (SPEC §2): leave-one-out per user, or a split by users
-(LLaRA's protocol), with fixed evaluation candidates."""
+"""Train / validation / test samples from a `RecDataset`: leave-one-out per user, or a split by users (LLaRA's
+protocol), with fixed evaluation candidates (the protocol and its reasons: docs/design.md, "Evaluation protocol")."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def make_split(
     max_history_len: int = 20,
     user_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
 ) -> datasets.DatasetDict:
-    """Builds the samples of SPEC §2.
+    """Builds the training, validation and test samples, with fixed evaluation candidates.
 
     Args:
         strategy: `"leave_one_out"`: per user, the last item is the test target, the second last the
