@@ -355,7 +355,7 @@ def evaluate_priors_rows(
         history, candidates, target = prior_inputs(
             test.select(range(begin, min(begin + batch_size, len(test)))), fusion.history_len
         )
-        scores = fusion.features(history, candidates) @ torch.tensor(list(weights.values()), dtype=torch.float32)
+        scores = fusion.features(history, candidates) @ torch.tensor([weights[n] for n in fusion.prior_names])
         ranks.append(target_ranks(scores.numpy(), target.numpy()))  # (B,)
     ranks = np.concatenate(ranks)
     result = ranks_row(ranks, test, candidate_protocol(test, "the two priors' fitted scores"))
@@ -505,13 +505,14 @@ class LearningCurve(TrainerCallback):
         return candidate_scores(model, self.tokenizer, self.rows, titles, texts, batch_size=64).cpu()
 
     def fused_hr1(self, llm_scores: torch.Tensor) -> float:
-        """HR@1 of the LLM's scores plus the priors' with their weights cross-fitted over two halves of the curve
+        """HR@1 of the LLM's and the priors' scores with their weights cross-fitted over two halves of the curve
         users (fitted on one half, measured on the other), so no user's own outcome sets its weights."""
         halves = torch.arange(len(self.targets)) % 2 == 0
         hits = torch.zeros(len(self.targets), dtype=torch.bool)
+        features = torch.cat([llm_scores.float()[..., None], self.fusion], -1)  # (N, C, 1 + P)
         for fit, measured in ((halves, ~halves), (~halves, halves)):
-            weights = fit_fusion_weights(self.fusion[fit], self.targets[fit], self.valid[fit], llm_scores[fit])
-            fused = llm_scores[measured] + self.fusion[measured].double() @ weights
+            weights = fit_fusion_weights(features[fit], self.targets[fit], self.valid[fit])
+            fused = features[measured].double() @ weights
             hits[measured] = fused.argmax(1) == self.targets[measured]
         return float(hits.double().mean())
 
@@ -578,7 +579,8 @@ def run_method(
     model.to(device)
     if spec.collaborative_prior == "in_training":  # as finetune does: start from the prior's calibrated weight
         rows = CandidateSamplingDataset(train, data.rec, args.num_candidates, args.seed)
-        PriorFusion.of(model).fit([rows[i] for i in range(min(PRIOR_FIT_ROWS, len(rows)))])
+        fusion = PriorFusion.of(model)
+        fusion.set_weights(fusion.fit([rows[i] for i in range(min(PRIOR_FIT_ROWS, len(rows)))]))
     probe = CandidateSamplingDataset(train.select(range(min(64, len(train)))), data.rec, args.num_candidates, args.seed)
     micro, longest = micro_batch_for(
         spec, model, tokenizer, data, [probe[i] for i in range(len(probe))], args.batch_size, args.max_micro_tokens

@@ -152,7 +152,10 @@ def test_fit_weight_finds_the_minimum_of_the_prior_alone_cross_entropy():
     model, tokenizer, _ = speeder_with_prior()
     batch, meta = eval_batch(model, tokenizer)
     prior = model.collaborative_prior
-    weight = PriorFusion.of(model).fit(ROWS)["sasrec"]
+    fusion = PriorFusion.of(model)
+    fitted = fusion.fit(ROWS)
+    assert list(fitted) == ["sasrec"] and prior.weight.item() == 1.0  # fitting sets nothing
+    weight = fusion.set_weights(fitted)["sasrec"]
     assert prior.weight.item() == pytest.approx(weight)
 
     def loss(w: float) -> float:
@@ -162,21 +165,19 @@ def test_fit_weight_finds_the_minimum_of_the_prior_alone_cross_entropy():
     assert loss(weight) <= min(loss(weight * 0.9), loss(weight * 1.1), loss(1.0)) + 1e-9
 
 
-def test_calibration_fits_the_weight_against_the_llm_scores_and_keeps_them():
-
+def test_calibration_sets_the_llm_and_prior_weights_it_returns():
     model, tokenizer, _ = speeder_with_prior()
     with torch.no_grad():
         model.candidate_pointer.key.normal_()  # LLM scores that are not all zero
-    weight = calibrate_priors(model, tokenizer, ROWS, TITLES, batch_size=2)["sasrec"]  # batches of two widths
-    assert model.collaborative_prior.weight.item() == pytest.approx(weight)
-    batch, meta = eval_batch(model, tokenizer)
-
-    def loss(w: float) -> float:
-        with torch.no_grad():
-            model.collaborative_prior.weight.fill_(w)
-        return torch.nn.functional.cross_entropy(model.score_candidates(**batch), meta["target_index"]).item()
-
-    assert loss(weight) <= min(loss(weight * 0.8), loss(weight * 1.25), loss(1.0)) + 1e-6
+    batch, _ = eval_batch(model, tokenizer)
+    before = model.score_candidates(**batch)
+    weights = calibrate_priors(model, tokenizer, ROWS, TITLES, batch_size=2)
+    assert list(weights) == ["llm", "sasrec"]
+    assert model.config.llm_score_weight == pytest.approx(weights["llm"])
+    assert model.collaborative_prior.weight.item() == pytest.approx(weights["sasrec"])
+    with PriorFusion.of(model).weights_applied({"llm": 1.0, "sasrec": 1.0}):
+        torch.testing.assert_close(model.score_candidates(**batch), before)  # the parts, reweighted only
+    assert PriorFusion.of(model).weights == pytest.approx(weights)  # restored after the block
     model.collaborative_prior = None
     with pytest.raises(ValueError, match="no prior to calibrate"):
         calibrate_priors(model, tokenizer, ROWS, TITLES)

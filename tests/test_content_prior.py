@@ -120,13 +120,13 @@ def test_calibration_fits_every_prior_weight_against_the_llm_scores():
         model.candidate_pointer.key.normal_()  # LLM scores that are not all zero
     rows = [{**row, "target": candidate} for row in ROWS for candidate in row["candidates"]]  # not separable
     weights = calibrate_priors(model, tokenizer, rows, TITLES, batch_size=5)
-    assert list(weights) == ["sasrec"] + model.content_prior.feature_names
+    assert list(weights) == ["llm", "sasrec"] + model.content_prior.feature_names
     assert PriorFusion.of(model).weights == pytest.approx(weights)
     batch, meta = eval_batch(model, tokenizer, rows)
     fitted = torch.tensor(list(weights.values()))
 
     def loss(w: torch.Tensor) -> float:
-        PriorFusion.of(model).set_weights(w)
+        PriorFusion.of(model).set_weights(dict(zip(weights, w.tolist())))
         scores = model.score_candidates(**batch)
         return torch.nn.functional.cross_entropy(scores, meta["target_index"]).item() + RIDGE / 2 * w.dot(w).item()
 

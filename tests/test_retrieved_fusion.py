@@ -88,5 +88,5 @@ def test_a_retriever_that_finds_no_target_fits_nothing_and_says_so(caplog):
     assert calibrate_retrieved_fusion(model, recommender.tokenizer, missing, recommender.retriever, K) is None
     assert model.config.retrieved_fusion is None and "holds no target of the 60 rows" in caplog.text
     model.collaborative_prior = model.content_prior = None
-    with pytest.raises(ValueError, match="no prior to reweigh"):
+    with pytest.raises(ValueError, match="no prior to calibrate"):
         calibrate_retrieved_fusion(model, recommender.tokenizer, rows, recommender.retriever, K)

@@ -73,8 +73,11 @@ class SpeederConfig(PretrainedConfig):
             `SpeederForSequentialRec.set_content_prior`. Index answers only. None: no content prior.
         mrc_aux_loss_weight (`float`):
             Weight of the gate load-balancing loss added to the LM loss (0 turns it off).
+        llm_score_weight (`float`):
+            In index mode, the weight of the LLM's candidate scores (label logits and pointer) beside the priors';
+            fitted with theirs after training (`prior_calibration.calibrate_priors`).
         retrieved_fusion (`dict`, *optional*):
-            How the pipeline weighs the LLM's scores (`llm`) and each prior feature when a retriever proposed the
+            The weights (`llm`, then each prior feature's) that the pipeline scores with when a retriever proposed the
             candidates (fitted by `prior_calibration.calibrate_retrieved_fusion`; `fitted_on`: the rows it was fitted
             on). None: retrieved candidates are scored as any others.
         item_token_norm (`float`, *optional*):
@@ -126,6 +129,7 @@ class SpeederConfig(PretrainedConfig):
         label_logits: bool = True,
         collaborative_prior: dict[str, Any] | None = None,
         content_prior: Sequence[str] | None = None,
+        llm_score_weight: float = 1.0,
         retrieved_fusion: dict[str, float] | None = None,
         item_token_norm: float | None = None,
         max_history_len: int = 20,
@@ -186,6 +190,7 @@ class SpeederConfig(PretrainedConfig):
         self.label_logits = label_logits
         self.collaborative_prior = dict(collaborative_prior) if collaborative_prior is not None else None
         self.content_prior = list(content_prior) if content_prior else None
+        self.llm_score_weight = float(llm_score_weight)
         self.retrieved_fusion = dict(retrieved_fusion) if retrieved_fusion is not None else None
         self.item_token_norm = item_token_norm
         self.max_history_len = max_history_len

@@ -322,7 +322,8 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     prior_record: dict[str, Any] = {"mode": args.collaborative_prior}
     if model.collaborative_prior is not None:
         rows = [train_dataset[i] for i in range(min(PRIOR_FIT_ROWS, len(train_dataset)))]
-        prior_record["initial_weight"] = PriorFusion.of(model).fit(rows)["sasrec"]
+        fusion = PriorFusion.of(model)
+        prior_record["initial_weight"] = fusion.set_weights(fusion.fit(rows))["sasrec"]
         logger.info(
             "Collaborative prior: weight %.3f fitted on %d training rows", prior_record["initial_weight"], len(rows)
         )

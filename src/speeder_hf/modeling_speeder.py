@@ -352,7 +352,8 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         num_candidates: int,
     ) -> torch.Tensor:
         """Adds the pointer's `(B, K, C)` and the priors' `(B, C)` scores to the label columns of `logits`
-        `(B, K, V)`, for the parts the model has."""
+        `(B, K, V)`, for the parts the model has; the LLM's part (label logits and pointer) weighs
+        `config.llm_score_weight`."""
         label_ids = self._label_ids(num_candidates, logits.device)
         if not self.config.label_logits:
             logits = logits.index_fill(-1, label_ids, 0.0)  # the label tokens' LM-head logits do not count
@@ -364,6 +365,9 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             )
             scores = self.candidate_pointer(answer_hidden, hidden_states, positions, valid)  # (B, K, C)
             logits = logits.index_add(-1, label_ids, scores.to(logits.dtype))
+        if self.config.llm_score_weight != 1.0:
+            llm = logits.index_select(-1, label_ids) * self.config.llm_score_weight  # (B, K, C)
+            logits = logits.index_copy(-1, label_ids, llm)
         priors = self._prior_scores(inputs, num_candidates)  # (B, C') or None
         if priors is not None:
             priors = priors.unsqueeze(1).expand(-1, logits.shape[1], -1)  # (B, K, C')

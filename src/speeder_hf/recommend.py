@@ -266,15 +266,16 @@ class Recommender:
         return scores
 
     def _reweigh_retrieved(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], chunk) -> torch.Tensor:
-        """The rows of retrieved requests rescored with `config.retrieved_fusion` (the others unchanged)."""
+        """The rows of retrieved requests scored with the weights of `config.retrieved_fusion` (the others
+        unchanged)."""
         weights = self.model.config.retrieved_fusion
         retrieved = torch.tensor([r.retrieved for r in chunk], device=logits.device)
         if not weights or not retrieved.any() or "prior_history" not in batch:
             return logits
         fusion = PriorFusion.of(self.model)
-        rescored = fusion.rescore(logits, batch["prior_history"], batch["candidate_ids"], weights)
-        # `candidate_ids` columns follow the presented (label) order, as `score_candidates` columns do.
-        return torch.where(retrieved[:, None], rescored.to(logits.dtype), logits)
+        with fusion.weights_applied({name: value for name, value in weights.items() if name in fusion.names}):
+            rescored = self.model.score_candidates(num_candidates=logits.shape[1], **batch)  # (B, width)
+        return torch.where(retrieved[:, None], rescored, logits)
 
     def rank(self, request: Request, scores: torch.Tensor, top_k: int | None = None) -> list[dict[str, Any]]:
         """The request's candidates sorted by score (ties keep candidate order), as `{item_id, title, score}`."""
