@@ -11,8 +11,9 @@ export TRANSFORMERS_VERBOSITY ?= error
 
 # The demo's CPU budget: the first 6 of SmolLM2's 30 layers; MPO align and text stages of 30 steps, the final stage
 # (text + id) of 270, 8 samples a step, on each user's last training item (held out from the SASRec that gives the id
-# features and the prior); the prior's weight is fitted on 1,000 more such rows. Speeder and its SASRec are compared
-# on the same first 2,000 test users (on 200, the two differ by less than the noise).
+# features); the LLM's and the priors' weights (SASRec's, the text similarities') are then fitted on 2,000 validation
+# users. Speeder and its SASRec are compared on the same first 2,000 test users (on 200, the two differ by less than
+# the noise).
 DEMO_FLAGS ?= --llm_layers 6 --stage_steps 30 --final_stage_steps 270 --batch_size 8 --learning_rate 1e-3 \
 	--max_eval_samples 2000
 
