@@ -257,7 +257,15 @@ def two_stage_section(result: dict[str, Any]) -> list[str]:
                 f"| {name} | " + " | ".join(_fmt(row[k]) for k in ("HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")) + " |"
             )
         ok = two["NDCG@10"] >= sasrec["NDCG@10"]
-        lines += ["", f"- two-stage NDCG@10 {two['NDCG@10']:.4f} >= SASRec's {sasrec['NDCG@10']:.4f}: {_mark(ok)}", ""]
+        lines += ["", f"- two-stage NDCG@10 {two['NDCG@10']:.4f} >= SASRec's {sasrec['NDCG@10']:.4f}: {_mark(ok)}"]
+        fusion = entry.get("retrieved_fusion")
+        if fusion:
+            weights = ", ".join(f"{name} {value:.3g}" for name, value in fusion.items() if name != "fitted_on")
+            lines.append(
+                f"- retrieved candidates scored with weights fitted on {fusion['fitted_on']} validation users whose "
+                f"target SASRec retrieved: {weights}"
+            )
+        lines.append("")
     return lines
 
 
