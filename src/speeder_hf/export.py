@@ -14,7 +14,6 @@ A Speeder model directory holds everything needed to recommend without the train
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import logging
 import shutil
@@ -25,17 +24,16 @@ from typing import Any
 from peft import PeftModel
 from transformers import AutoTokenizer, PreTrainedModel
 from transformers.dynamic_module_utils import get_imports, get_relative_import_files
-from transformers.utils import cached_file
 
 from . import configuration_speeder, modeling_speeder
 from .catalog import CATALOG_JSON, CATALOG_TENSORS, ItemCatalog
+from .loading import SASREC_DIR, catalog_json_for, check_catalog_matches, hub_file
+from .loading import load_sasrec_for as _load_sasrec_network
 from .lora import merge_lora
 from .sasrec import SASRec
 from .spae import check_tokenizer
 
 logger = logging.getLogger(__name__)
-
-SASREC_DIR = "sasrec"
 
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_speeder.SpeederConfig",
@@ -117,69 +115,28 @@ def catalog_index(catalog: ItemCatalog) -> ItemCatalog:
     return ItemCatalog(catalog.item_ids, catalog.titles, catalog.texts)
 
 
-def check_catalog_matches(model: PreTrainedModel, catalog: ItemCatalog, source: str = "the catalog") -> None:
-    """Raises a clear `ValueError` when a catalog and a model's feature table have different sizes (a checkpoint
-    used with another catalog: every item id would silently map to another item's features)."""
-    n_catalog = len(catalog.item_ids)
-    n_config, n_table = model.config.num_items, model.item_table.num_items
-    if not n_catalog == n_config == n_table:
-        raise ValueError(
-            f"Catalog size mismatch: {source} has {n_catalog} items, but the model was trained on a catalog of "
-            f"{n_config} items (config.num_items; feature table {n_table} rows). Load the catalog saved with this "
-            "checkpoint, or rebuild the model's feature table with model.set_item_features for the new catalog."
-        )
-
-
-def _hub_file(path_or_repo: str | Path, filename: str, subfolder: str = "", **hub_kwargs: Any) -> Path | None:
-    """A file of a model directory or Hub repo (through the cache); None when the model has none."""
-    found = cached_file(
-        str(path_or_repo), filename, subfolder=subfolder, _raise_exceptions_for_missing_entries=False, **hub_kwargs
-    )
-    return Path(found) if found is not None else None
-
-
 def load_catalog_for(model: PreTrainedModel, path_or_repo: str | Path | None = None, **hub_kwargs: Any) -> ItemCatalog:
-    """The catalog saved with `model` (in `path_or_repo`, default the model's `name_or_path`), checked against the
-    model's feature table with [`check_catalog_matches`].
+    """The catalog saved with `model` (in `path_or_repo`, default the model's `name_or_path`), with its features when
+    it has any, checked against the model's feature table with [`check_catalog_matches`]. (The pipeline reads only
+    the items: `speeder_hf.loading.load_item_index_for`.)
 
     Raises:
         FileNotFoundError: no catalog was saved with the model.
         ValueError: the catalog's size differs from the model's.
     """
+    index = catalog_json_for(model, path_or_repo, **hub_kwargs)
     path_or_repo = path_or_repo if path_or_repo is not None else model.name_or_path
-    if not path_or_repo:
-        raise ValueError("The model was not loaded from a directory: pass its catalog explicitly.")
-    index = _hub_file(path_or_repo, CATALOG_JSON, **hub_kwargs)
-    if index is None:
-        raise FileNotFoundError(
-            f"No {CATALOG_JSON} in {path_or_repo}: save the model with speeder_hf.export.save_pretrained_bundle, "
-            "or pass its catalog explicitly."
-        )
-    if json.loads(index.read_text(encoding="utf-8")).get("modalities"):
-        _hub_file(path_or_repo, CATALOG_TENSORS, **hub_kwargs)  # a full catalog: fetch its features next to it
+    if ItemCatalog.read_meta(index.parent).get("modalities"):
+        hub_file(path_or_repo, CATALOG_TENSORS, **hub_kwargs)  # a full catalog: fetch its features next to it
     catalog = ItemCatalog.load(index.parent)
     check_catalog_matches(model, catalog, source=f"{CATALOG_JSON} in {path_or_repo}")
     return catalog
 
 
 def load_sasrec_for(model: PreTrainedModel, path_or_repo: str | Path | None = None, **hub_kwargs: Any) -> SASRec | None:
-    """The SASRec saved with `model` in `sasrec/` (None when there is none), checked against the catalog size."""
-    path_or_repo = path_or_repo if path_or_repo is not None else model.name_or_path
-    if not path_or_repo:
-        return None
-    config = _hub_file(path_or_repo, "config.json", subfolder=SASREC_DIR, **hub_kwargs)
-    weights = _hub_file(path_or_repo, "model.safetensors", subfolder=SASREC_DIR, **hub_kwargs)
-    if config is None or weights is None:
-        return None
-    # PyTorchModelHubMixin prints a line on local loads; stdout belongs to callers (e.g. `speeder-hf recommend --json`).
-    with contextlib.redirect_stdout(sys.stderr):
-        sasrec = SASRec.from_pretrained(config.parent).eval()
-    if sasrec.num_items != model.config.num_items:
-        raise ValueError(
-            f"The SASRec in {path_or_repo}/{SASREC_DIR} has {sasrec.num_items} items but the model's catalog has "
-            f"{model.config.num_items}: they come from different catalogs."
-        )
-    return sasrec
+    """The SASRec saved with `model` in `sasrec/` (None when there is none), checked against the catalog size; a
+    `speeder_hf.sasrec.SASRec` (see `speeder_hf.loading.load_sasrec_for`)."""
+    return _load_sasrec_network(model, path_or_repo, network_class=SASRec, **hub_kwargs)
 
 
 # ----- the whole directory ---------------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import no_collate_fn
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
-from .catalog import ItemCatalog
-from .export import check_catalog_matches, load_catalog_for
+from .item_index import ItemIndex
+from .loading import check_catalog_matches, load_item_index_for
 from .modeling_speeder import SpeederForSequentialRec
 from .recommend import ItemRef, Recommender, Retriever, default_retriever
 
@@ -51,7 +51,8 @@ class SequentialRecPipeline(Pipeline):
     Args:
         model: a `SpeederForSequentialRec` (loaded by `pipeline(...)` from a directory or repo).
         tokenizer: the tokenizer saved with the model.
-        catalog: the model's `ItemCatalog` (features not needed); default: the one saved with the model.
+        catalog: the model's `ItemCatalog` or `ItemIndex` (features not needed); default: the items of the catalog
+            saved with the model.
         retriever: the first stage for requests without candidates; default: the SASRec saved with the model, else
             a `FeatureRetriever` over the model's feature table (`speeder_hf.recommend.default_retriever`).
         candidates (call-time): candidates for every input that has none of its own.
@@ -68,13 +69,13 @@ class SequentialRecPipeline(Pipeline):
     _load_feature_extractor = False
 
     def __init__(
-        self, model, tokenizer=None, catalog: ItemCatalog | None = None, retriever: Retriever | None = None, **kwargs
+        self, model, tokenizer=None, catalog: ItemIndex | None = None, retriever: Retriever | None = None, **kwargs
     ):
         super().__init__(model=model, tokenizer=tokenizer, **kwargs)
         if self.tokenizer is None:
             raise ValueError("The sequential-recommendation pipeline needs the tokenizer saved with the model.")
         if catalog is None:
-            catalog = load_catalog_for(self.model)
+            catalog = load_item_index_for(self.model)
         else:
             check_catalog_matches(self.model, catalog)
         if retriever is None:
