@@ -7,8 +7,10 @@ A Speeder model directory holds everything needed to recommend without the train
 - `item_catalog.json` (+ an empty `item_catalog.safetensors`): the `ItemCatalog` index (external item ids, titles,
   texts) without features, which are already the model's buffers; its size must match `config.num_items`;
 - optionally `sasrec/`: the SASRec model whose item embeddings are the `id` modality, used to retrieve candidates;
-- optionally (`remote_code=True`), the code files and `auto_map` that let
-  `AutoModel.from_pretrained(dir, trust_remote_code=True)` load the model where `speeder_hf` is not installed.
+- optionally (`remote_code=True`), the code files, `auto_map` and `custom_pipelines` that let
+  `pipeline("sequential-recommendation", model=dir, trust_remote_code=True)` recommend, and
+  `AutoModel.from_pretrained(dir, trust_remote_code=True)` load the model, where `speeder_hf` is not installed. The
+  code files are copies of the package's own modules (the pipeline's and the model's import graph), made here.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from peft import PeftModel
 from transformers import AutoTokenizer, PreTrainedModel
 from transformers.dynamic_module_utils import get_imports, get_relative_import_files
 
-from . import configuration_speeder, modeling_speeder
+from . import configuration_speeder, modeling_speeder, pipeline_speeder
 from .catalog import CATALOG_JSON, CATALOG_TENSORS, ItemCatalog
 from .loading import SASREC_DIR, catalog_json_for, check_catalog_matches, hub_file
 from .loading import load_sasrec_for as _load_sasrec_network
@@ -40,15 +42,25 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoModel": "modeling_speeder.SpeederForSequentialRec",
     "AutoModelForCausalLM": "modeling_speeder.SpeederForSequentialRec",
 }
-# Third-party packages the copied code may import: transformers' `check_imports` refuses to load a remote-code
-# model whose files import a package that is not installed, and these two are always there.
+# `pipeline(task, model=dir, trust_remote_code=True)` loads `impl` from the directory's code files and the model with
+# the transformers classes named by `pt` (the Auto class, which `auto_map` points at the shipped model class).
+REMOTE_CODE_PIPELINES = {
+    pipeline_speeder.TASK: {
+        "impl": f"{Path(pipeline_speeder.__file__).stem}.{pipeline_speeder.SequentialRecPipeline.__name__}",
+        "pt": ["AutoModel"],
+    }
+}
+# Third-party packages the copied code may import. transformers' `check_imports` refuses to load a remote-code
+# model whose files import a package that is not installed, and a model that ships needs torch and transformers
+# anyway. Their own dependencies (numpy, safetensors, tqdm, huggingface_hub) are left out on purpose: the shipped
+# code reaches safetensors files through transformers' reader, so it keeps loading whatever transformers requires.
 REMOTE_CODE_PACKAGES = frozenset({"torch", "transformers"})
 
 
 def remote_code_files() -> list[Path]:
-    """The package files `trust_remote_code` needs: the config and modeling modules plus every sibling they import
-    relatively (recursively), in a stable order. Each is checked with [`check_remote_code_imports`]."""
-    roots = [Path(configuration_speeder.__file__), Path(modeling_speeder.__file__)]
+    """The package files `trust_remote_code` needs: the config, modeling and pipeline modules plus every sibling
+    they import relatively (recursively), in a stable order. Each is checked with [`check_remote_code_imports`]."""
+    roots = [Path(m.__file__) for m in (configuration_speeder, modeling_speeder, pipeline_speeder)]
     files = dict.fromkeys(roots)
     for root in roots:
         files.update(dict.fromkeys(Path(f) for f in get_relative_import_files(root)))
@@ -59,13 +71,15 @@ def remote_code_files() -> list[Path]:
 
 def check_remote_code_imports(path: str | Path) -> None:
     """Raises `ImportError` if the file imports anything but the standard library, torch, transformers and
-    relative siblings: such a file fails to load on a machine without that package, or binds the installed
-    `speeder_hf` instead of the copied code."""
+    relative siblings: such a file fails to load on a machine without that package, binds the installed
+    `speeder_hf` instead of the copied code, or imports a sibling that transformers does not copy (it follows only
+    `from .module import name`, one level, no subpackage)."""
     path = Path(path)
     allowed = REMOTE_CODE_PACKAGES | set(sys.stdlib_module_names)
     outside = set(get_imports(path)) - allowed
     # `get_imports` skips imports inside try / if-available blocks; an absolute self-import is wrong anywhere.
     outside |= _absolute_self_imports(path)
+    outside |= _uncopied_relative_imports(path)
     if outside:
         raise ImportError(
             f"{path} imports {sorted(outside)}; remote-code files may import only the standard library, "
@@ -86,9 +100,24 @@ def _absolute_self_imports(path: Path) -> set[str]:
     return found
 
 
+def _uncopied_relative_imports(path: Path) -> set[str]:
+    """Relative imports other than `from .sibling import name`: `from . import x`, `from ..x import y` and
+    `from .pkg.mod import y` name files that transformers' `get_relative_import_files` does not copy."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            if node.level > 1 or not node.module or "." in node.module:
+                found.add("." * node.level + (node.module or ""))
+    return found
+
+
 def add_remote_code(save_directory: str | Path) -> list[Path]:
-    """Copies the remote-code files into a saved model directory and writes `auto_map` for AutoConfig, AutoModel
-    and AutoModelForCausalLM into its `config.json`. Returns the copied files.
+    """Copies the remote-code files into a saved model directory and writes into its `config.json` the `auto_map`
+    for AutoConfig, AutoModel and AutoModelForCausalLM and the `custom_pipelines` entry of the
+    `sequential-recommendation` task. Returns the copied files.
+
+    The files are the package's modules, copied byte for byte at every export: the shipped code is never a second
+    copy to keep in step by hand.
 
     `register_for_auto_class` is not used: it keeps one auto class per model class (so AutoModel and
     AutoModelForCausalLM cannot both be mapped) and changes global class state for every later save.
@@ -104,6 +133,7 @@ def add_remote_code(save_directory: str | Path) -> list[Path]:
         copied.append(target)
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["auto_map"] = {**config.get("auto_map", {}), **REMOTE_CODE_AUTO_MAP}
+    config["custom_pipelines"] = {**config.get("custom_pipelines", {}), **REMOTE_CODE_PIPELINES}
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return copied
 
@@ -161,7 +191,7 @@ def save_pretrained_bundle(
         tokenizer: the tokenizer the model was trained with (checked against the config's token ids).
         catalog: the `ItemCatalog` whose rows the feature table holds.
         sasrec: the SASRec whose item embeddings are the `id` modality; saved to `sasrec/` for retrieval.
-        remote_code: also write `auto_map` and the code files.
+        remote_code: also write the code files, `auto_map` and `custom_pipelines` ([`add_remote_code`]).
         **save_kwargs: passed to `model.save_pretrained`.
 
     Raises:
@@ -201,6 +231,7 @@ def load_pretrained_bundle(
 
 __all__ = [
     "REMOTE_CODE_AUTO_MAP",
+    "REMOTE_CODE_PIPELINES",
     "SASREC_DIR",
     "add_remote_code",
     "catalog_index",

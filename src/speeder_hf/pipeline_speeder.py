@@ -2,10 +2,11 @@
 `{item_id, title, score}` out.
 
 ```python
-import speeder_hf  # registers the model classes and this pipeline
 from transformers import pipeline
 
-recommend = pipeline("sequential-recommendation", model="path/or/repo")
+# A saved model ships this module as remote code (`speeder_hf.export.add_remote_code`); with `import speeder_hf`
+# first, the installed package registers it instead and `trust_remote_code` is not needed.
+recommend = pipeline("sequential-recommendation", model="path/or/repo", trust_remote_code=True)
 recommend(["B0001", "Red lipstick"])                                   # retrieve, then rerank
 recommend({"history": ["B0001"], "candidates": ["B0002", "B0003"]})   # rerank the given candidates
 recommend([["B0001"], {"history": ["B0004", "B0005"]}], batch_size=8)   # several users
