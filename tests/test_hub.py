@@ -221,6 +221,11 @@ def test_publish_saves_then_writes_the_card_then_uploads(saved, card, tmp_path):
         "mrc.py",
         "spae.py",
         "item_features.py",
+        "pipeline_speeder.py",  # the pipeline and what it reads, for trust_remote_code without the package
+        "recommend.py",
+        "collator.py",
+        "loading.py",
+        "item_index.py",
     }
     assert expected <= uploaded
     assert json.loads((tmp_path / "out" / "config.json").read_text())["auto_map"]["AutoModel"]
