@@ -192,6 +192,13 @@ def test_train_saves_a_model_that_recommends(trained, tiny_data):
     assert len(list((tiny_data / "cache").glob("sasrec-*/model.safetensors"))) == 2
     prior = results["priors"]
     assert prior["mode"] == "after_training" and prior["weights"]["sasrec"] > 0 and prior["calibration_users"] == 12
+    # The saved model recommends through transformers alone: the pipeline ships with it as remote code.
+    config = json.loads((trained / "config.json").read_text())
+    assert config["custom_pipelines"]["sequential-recommendation"] == {
+        "impl": "pipeline_speeder.SequentialRecPipeline",
+        "pt": ["AutoModel"],
+    }
+    assert (trained / "pipeline_speeder.py").is_file() and (trained / "recommend.py").is_file()
     catalog = ItemCatalog.load(trained)
     history = [catalog.item_ids[0], catalog.titles[1]]
     (ranking,) = Recommender.from_pretrained(str(trained)).recommend([history], top_k=2)

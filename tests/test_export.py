@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -10,10 +12,15 @@ import pytest
 import torch
 from conftest import run_fresh_python, tiny_speeder
 from safetensors.torch import load_file, save_file
+from test_collaborative_prior import speeder_with_prior
+from test_pipeline import tiny_catalog
+from transformers import pipeline
 
+import speeder_hf
 from speeder_hf.catalog import ItemCatalog
 from speeder_hf.export import (
     REMOTE_CODE_AUTO_MAP,
+    REMOTE_CODE_PIPELINES,
     add_remote_code,
     check_remote_code_imports,
     load_catalog_for,
@@ -37,45 +44,89 @@ def _sample_inputs(model, tokenizer):
     return {**batch, "item_ids": item_ids, "item_recency": recency}
 
 
-def test_remote_code_files_are_the_import_graph_of_modeling():
+MODELING_GRAPH = {
+    "configuration_speeder.py",
+    "modeling_speeder.py",
+    "candidate_pointer.py",
+    "collaborative_prior.py",
+    "content_prior.py",
+    "modeling_sasrec.py",
+    "mrc.py",
+    "spae.py",
+    "item_features.py",
+}
+# What the pipeline adds: the recommender and its retrievers, the prompts and collator, the fusion of the priors'
+# weights for retrieved candidates, and reading the catalog's items and the SASRec saved with the model.
+PIPELINE_GRAPH = {
+    "pipeline_speeder.py",
+    "recommend.py",
+    "collator.py",
+    "prompts.py",
+    "prior_calibration.py",
+    "fusion_weights.py",
+    "item_index.py",
+    "loading.py",
+}
+
+
+def test_remote_code_files_are_the_import_graph_of_modeling_and_the_pipeline():
     names = [p.name for p in remote_code_files()]
-    assert names[:2] == ["configuration_speeder.py", "modeling_speeder.py"]
-    assert set(names) == {
-        "configuration_speeder.py",
-        "modeling_speeder.py",
-        "candidate_pointer.py",
-        "collaborative_prior.py",
-        "content_prior.py",
-        "modeling_sasrec.py",
-        "mrc.py",
-        "spae.py",
-        "item_features.py",
-    }
+    assert names[:3] == ["configuration_speeder.py", "modeling_speeder.py", "pipeline_speeder.py"]
+    assert len(names) == len(set(names))
+    assert set(names) == MODELING_GRAPH | PIPELINE_GRAPH
+    # The modules that import numpy, datasets, tqdm, peft or huggingface_hub stay out of the serving path.
+    assert not {"catalog.py", "sasrec.py", "export.py", "lora.py", "evaluation.py"} & set(names)
 
 
 @pytest.mark.parametrize(
     "source, culprit",
     [
         ("import numpy as np\n", "numpy"),
+        ("from tqdm.auto import tqdm\n", "tqdm"),
+        ("from safetensors.torch import load_file\n", "safetensors"),
+        ("def load():\n    import datasets\n", "datasets"),  # a lazy import is an import too
         ("from speeder_hf.catalog import ItemCatalog\n", "speeder_hf.catalog"),
         ("try:\n    import speeder_hf\nexcept ImportError:\n    pass\n", "speeder_hf"),
+        # Relative imports that transformers does not copy along: only `from .sibling import name` travels.
+        ("from . import collator\n", "'.'"),
+        ("from .data.rec_dataset import RecDataset\n", ".data.rec_dataset"),
+        ("from ..speeder_hf import mrc\n", "..speeder_hf"),
     ],
 )
 def test_check_remote_code_imports_rejects_outside_imports(tmp_path, source, culprit):
     path = tmp_path / "modeling_bad.py"
     path.write_text("import torch\nfrom .mrc import X\n" + source)
-    with pytest.raises(ImportError, match=culprit):
+    with pytest.raises(ImportError, match=re.escape(culprit)):
         check_remote_code_imports(path)
 
 
-def test_add_remote_code_writes_auto_map_and_files(tmp_path):
+def test_add_remote_code_writes_auto_map_custom_pipelines_and_files(tmp_path):
     model, tokenizer = tiny_speeder()
     model.save_pretrained(tmp_path)
     copied = add_remote_code(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["auto_map"] == REMOTE_CODE_AUTO_MAP
+    assert config["custom_pipelines"] == REMOTE_CODE_PIPELINES
+    assert config["custom_pipelines"]["sequential-recommendation"] == {
+        "impl": "pipeline_speeder.SequentialRecPipeline",
+        "pt": ["AutoModel"],
+    }
     assert sorted(p.name for p in copied) == sorted(p.name for p in remote_code_files())
     assert all((tmp_path / p.name).is_file() for p in copied)
+
+
+def test_shipped_code_is_the_packages_own_modules_and_closed_under_its_imports(tmp_path):
+    model, tokenizer = tiny_speeder(num_items=30)
+    save_pretrained_bundle(model, tmp_path, tokenizer, _catalog(30))
+    package = Path(speeder_hf.__file__).parent
+    shipped = sorted(tmp_path.glob("*.py"))
+    assert {p.name for p in shipped} == {p.name for p in remote_code_files()}
+    for path in shipped:
+        # Byte for byte the module the package imports: the export copies it, nobody edits a second copy.
+        assert path.read_bytes() == (package / path.name).read_bytes(), f"{path.name} drifted from the package"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert (tmp_path / f"{node.module}.py").is_file(), f"{path.name} imports .{node.module}, not shipped"
 
 
 def test_add_remote_code_needs_a_saved_model(tmp_path):
@@ -85,7 +136,7 @@ def test_add_remote_code_needs_a_saved_model(tmp_path):
 
 # Runs in a child interpreter that cannot import speeder_hf: `-I` drops user site and PYTHON* variables, then the
 # editable install's path entry and any speeder finder are removed before transformers is imported.
-_CHILD = textwrap.dedent(
+_ISOLATED = textwrap.dedent(
     """
     import sys
     from pathlib import Path
@@ -97,6 +148,11 @@ _CHILD = textwrap.dedent(
         pass
     else:
         raise SystemExit("speeder_hf is still importable in the isolated interpreter")
+    """
+)
+
+_CHILD = _ISOLATED + textwrap.dedent(
+    """
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import AutoModel, AutoModelForCausalLM
@@ -113,6 +169,11 @@ _CHILD = textwrap.dedent(
     save_file({"logits": logits.contiguous(), "causal_logits": causal_logits.contiguous()}, out_path)
     """
 )
+
+
+def _isolated_env(tmp_path) -> dict[str, str]:
+    # The dynamic-module copy goes to the tmp dir.
+    return {"HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONNOUSERSITE": "1"}
 
 
 def test_trust_remote_code_load_without_the_package_gives_identical_logits(tmp_path):
@@ -134,8 +195,7 @@ def test_trust_remote_code_load_without_the_package_gives_identical_logits(tmp_p
             str(tmp_path / "out.safetensors"),
         ],
         cwd=tmp_path,
-        HF_MODULES_CACHE=str(tmp_path / "modules"),  # the dynamic-module copy goes to the tmp dir
-        PYTHONNOUSERSITE="1",
+        **_isolated_env(tmp_path),
     )
     with torch.no_grad():
         expected = model(**inputs).logits
@@ -143,6 +203,59 @@ def test_trust_remote_code_load_without_the_package_gives_identical_logits(tmp_p
     torch.testing.assert_close(out["logits"], expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["causal_logits"], expected, atol=1e-5, rtol=1e-5)
     assert Path(tmp_path / "modules").is_dir()
+
+
+# The sequential-recommendation pipeline from the model directory alone, through transformers: each directory's
+# calls, printed as JSON. One thread, as in the parent, so that both sides add up in the same order.
+_PIPELINE_CHILD = _ISOLATED + textwrap.dedent(
+    """
+    import json
+    import torch
+    from transformers import pipeline
+
+    torch.set_num_threads(1)
+    model_dirs, calls = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    out = []
+    for model_dir in model_dirs:
+        recommend = pipeline("sequential-recommendation", model=model_dir, trust_remote_code=True)
+        assert type(recommend).__module__.startswith("transformers_modules."), type(recommend).__module__
+        out.append([recommend(inputs, **kwargs) for inputs, kwargs in calls])
+    assert "speeder_hf" not in sys.modules
+    print(json.dumps(out))
+    """
+)
+
+PIPELINE_CALLS = [
+    (["I1", "title 2", "I3"], {}),  # ids and a title; candidates retrieved
+    ({"history": ["I4"], "candidates": ["I5", "title 8", "I10"]}, {}),  # given candidates, one by title
+    (["I20", "title 21"], {"candidates": ["I22", "I23", "I24", "I25"], "top_k": 2}),
+    ([["I11", "I12", "I13"], {"history": ["title 14"], "candidates": ["I1", "I2"]}, ["I15"]], {"batch_size": 2}),
+]
+
+
+def test_trust_remote_code_pipeline_without_the_package_recommends_exactly_as_the_package(tmp_path):
+    # A model whose retrieved candidates are scored with their own fusion weights (the SASRec prior and the
+    # retriever saved with it), and one without a SASRec, which retrieves by feature similarity.
+    with_prior, tokenizer, sasrec = speeder_with_prior()
+    with_prior.config.retrieved_fusion = {"llm": 0.5, "sasrec": 2.0, "fitted_on": 3}
+    plain, _ = tiny_speeder(num_items=30)
+    model_dirs = [tmp_path / "with-sasrec", tmp_path / "features-only"]
+    save_pretrained_bundle(with_prior, model_dirs[0], tokenizer, tiny_catalog(), sasrec=sasrec)
+    save_pretrained_bundle(plain, model_dirs[1], tokenizer, tiny_catalog())
+
+    (tmp_path / "child.py").write_text(_PIPELINE_CHILD)
+    result = run_fresh_python(
+        ["-I", str(tmp_path / "child.py"), json.dumps([str(d) for d in model_dirs]), json.dumps(PIPELINE_CALLS)],
+        cwd=tmp_path,
+        **_isolated_env(tmp_path),
+    )
+    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    for model_dir, remote_outputs in zip(model_dirs, remote):
+        recommend = pipeline("sequential-recommendation", model=str(model_dir))  # the installed package's classes
+        assert type(recommend).__module__ == "speeder_hf.pipeline_speeder"
+        expected = [recommend(inputs, **kwargs) for inputs, kwargs in PIPELINE_CALLS]
+        assert remote_outputs == json.loads(json.dumps(expected))  # item by item, score by score
+    assert [len(ranking) for ranking in remote[0][:3]] == [with_prior.config.num_candidates, 3, 2]
 
 
 def _catalog(n: int) -> ItemCatalog:

@@ -138,13 +138,21 @@ def test_dataset_names_map_to_citations():
     assert "harper2015movielens" in dataset_info("movielens").citations
 
 
-def test_usage_snippet_runs(card, saved, tmp_path):
+def test_usage_leads_with_transformers_alone_and_both_routes_run_and_agree(card, saved, tmp_path):
     directory = saved[3]
-    snippet = re.search(r"```python\n(.*?)```", card.text, flags=re.DOTALL).group(1)
-    assert 'model="someone/speeder-tiny"' in snippet
-    (tmp_path / "snippet.py").write_text(snippet.replace("someone/speeder-tiny", str(directory)))
-    result = run_fresh_python([str(tmp_path / "snippet.py")], cwd=tmp_path)
-    assert "'item_id'" in result.stdout and "'score'" in result.stdout
+    usage = card.text[card.text.index("## Usage") : card.text.index("## Evaluation")]
+    remote, package, model_only = re.findall(r"```python\n(.*?)```", usage, flags=re.DOTALL)
+    assert re.search(r"```python\n(.*?)```", card.text, flags=re.DOTALL).group(1) == remote  # the card's first
+    assert 'model="someone/speeder-tiny", trust_remote_code=True' in remote and "speeder_hf" not in remote
+    assert "import speeder_hf" in package and 'model="someone/speeder-tiny")' in package
+    assert 'AutoModel.from_pretrained("someone/speeder-tiny", trust_remote_code=True)' in model_only
+    printed = {}
+    for name, snippet in (("remote", remote), ("package", package)):
+        (tmp_path / f"{name}.py").write_text(snippet.replace("someone/speeder-tiny", str(directory)))
+        result = run_fresh_python([str(tmp_path / f"{name}.py")], cwd=tmp_path, HF_MODULES_CACHE=str(tmp_path / "hf"))
+        printed[name] = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert len(printed["remote"]) == 3 and "'item_id'" in printed["remote"][0] and "'score'" in printed["remote"][0]
+    assert printed["package"] == printed["remote"][:1]  # the same call, the same recommendations
 
 
 # ----- publishing -------------------------------------------------------------------------------------------------
@@ -213,6 +221,11 @@ def test_publish_saves_then_writes_the_card_then_uploads(saved, card, tmp_path):
         "mrc.py",
         "spae.py",
         "item_features.py",
+        "pipeline_speeder.py",  # the pipeline and what it reads, for trust_remote_code without the package
+        "recommend.py",
+        "collator.py",
+        "loading.py",
+        "item_index.py",
     }
     assert expected <= uploaded
     assert json.loads((tmp_path / "out" / "config.json").read_text())["auto_map"]["AutoModel"]

@@ -1,5 +1,6 @@
 """`ItemCatalog`: per item, its id, title, text, image path and one feature vector per modality with a
-presence mask; saved as JSON + safetensors (never pickle) and installed into a model as its feature table."""
+presence mask; saved as JSON + safetensors (never pickle) and installed into a model as its feature table. The ids,
+titles and lookup by id or title are its base class, `speeder_hf.item_index.ItemIndex`."""
 
 from __future__ import annotations
 
@@ -13,12 +14,10 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from .data.rec_dataset import RecDataset
-
-CATALOG_JSON = "item_catalog.json"
-CATALOG_TENSORS = "item_catalog.safetensors"
+from .item_index import CATALOG_JSON, CATALOG_TENSORS, ItemIndex
 
 
-class ItemCatalog:
+class ItemCatalog(ItemIndex):
     """The item side of a recommender: metadata and modality features, indexed by internal item index.
 
     Args:
@@ -38,17 +37,7 @@ class ItemCatalog:
         texts: Sequence[str | None] | None = None,
         image_paths: Sequence[str | None] | None = None,
     ):
-        self.item_ids = [str(i) for i in item_ids]
-        n = len(self.item_ids)
-        self.titles = list(titles) if titles is not None else [None] * n
-        self.texts = list(texts) if texts is not None else [None] * n
-        self.image_paths = list(image_paths) if image_paths is not None else [None] * n
-        for name, values in (("titles", self.titles), ("texts", self.texts), ("image_paths", self.image_paths)):
-            if len(values) != n:
-                raise ValueError(f"ItemCatalog: {len(values)} {name} for {n} items.")
-        self._index = {item_id: row for row, item_id in enumerate(self.item_ids)}
-        if len(self._index) != n:
-            raise ValueError("ItemCatalog: item_ids are not unique.")
+        super().__init__(item_ids, titles, texts, image_paths)
         self.features: dict[str, np.ndarray] = {}
         self.presence: dict[str, np.ndarray] = {}
         self.sources: dict[str, dict[str, Any]] = {}
@@ -59,41 +48,10 @@ class ItemCatalog:
         columns = rec.items.to_dict()
         return cls(columns["item_id"], columns["title"], columns["text"], columns["image_path"])
 
-    def __len__(self) -> int:
-        return len(self.item_ids)
-
     @property
     def modalities(self) -> list[str]:
         """Modalities with features, in the order they were added."""
         return list(self.features)
-
-    # ----- ids and titles -------------------------------------------------------------------------------------
-    def index(self, item_id: str) -> int:
-        """Internal index of an external item id."""
-        try:
-            return self._index[str(item_id)]
-        except KeyError:
-            raise KeyError(f"Unknown item id {item_id!r}: not among the catalog's {len(self)} items.") from None
-
-    def indices(self, item_ids: Sequence[str]) -> list[int]:
-        return [self.index(item_id) for item_id in item_ids]
-
-    def resolve(self, item: str) -> int:
-        """Internal index of an item given by id or, failing that, by exact title (case-insensitive).
-
-        Raises:
-            KeyError: no item has that id or title, or several items share the title.
-        """
-        if str(item) in self._index:
-            return self._index[str(item)]
-        wanted = str(item).strip().lower()
-        rows = [row for row, title in enumerate(self.titles) if title and title.strip().lower() == wanted]
-        if len(rows) == 1:
-            return rows[0]
-        if rows:
-            ids = [self.item_ids[row] for row in rows]
-            raise KeyError(f"Title {item!r} is ambiguous: items {ids} share it; pass an item id instead.")
-        raise KeyError(f"Unknown item {item!r}: neither an item id nor a title in the catalog.")
 
     # ----- features -------------------------------------------------------------------------------------------
     def add_features(
@@ -166,7 +124,7 @@ class ItemCatalog:
             "modalities": self.modalities,
             "sources": self.sources,
         }
-        (directory / CATALOG_JSON).write_text(json.dumps(meta, ensure_ascii=False))
+        (directory / CATALOG_JSON).write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
         tensors = {f"features.{m}": self.features[m] for m in self.modalities}
         tensors.update({f"presence.{m}": self.presence[m] for m in self.modalities})
         save_file(tensors, str(directory / CATALOG_TENSORS), metadata={"format": "speeder_hf.ItemCatalog"})
@@ -175,7 +133,7 @@ class ItemCatalog:
     def load(cls, directory: str | Path) -> ItemCatalog:
         """Reads a catalog written by `save`."""
         directory = Path(directory)
-        meta = json.loads((directory / CATALOG_JSON).read_text())
+        meta = cls.read_meta(directory)
         catalog = cls(meta["item_ids"], meta["titles"], meta["texts"], meta["image_paths"])
         tensors = load_file(str(directory / CATALOG_TENSORS)) if meta["modalities"] else {}
         for modality in meta["modalities"]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.utils import TRANSFORMERS_DYNAMIC_MODULE_NAME
 
 DEFAULT_MODALITIES = ("text", "image", "id")
 DEFAULT_MODALITY_DIMS = (384, 1280, 64)
@@ -17,6 +19,27 @@ ANSWER_LOSSES = ("labels", "vocab")
 
 def _letters(n: int) -> list[str]:
     return [chr(ord("A") + i) for i in range(n)]
+
+
+def _pipelines_not_installed(custom_pipelines: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a saved config's `custom_pipelines` whose task no installed pipeline class is registered for
+    in this process.
+
+    transformers' `pipeline()` demands `trust_remote_code=True` for every task a config names there, even where the
+    task's class is installed. Where `import speeder_hf` has registered its pipeline, that class serves the task
+    instead, as the Auto classes prefer installed code to a checkpoint's `auto_map`; a class registered from remote
+    code (a dynamic module) does not count, so each model directory still loads its own. The saved file keeps the
+    entry (`speeder_hf.export.add_remote_code` writes it there).
+    """
+    # The registry lives in `transformers.pipelines`; where that is not imported yet, no task is registered.
+    registry = getattr(sys.modules.get("transformers.pipelines"), "PIPELINE_REGISTRY", None)
+    registered = registry.supported_tasks if registry is not None else {}
+    installed = {
+        task
+        for task, info in registered.items()
+        if not getattr(info.get("impl"), "__module__", "").startswith(TRANSFORMERS_DYNAMIC_MODULE_NAME)
+    }
+    return {task: info for task, info in custom_pipelines.items() if task not in installed}
 
 
 class SpeederConfig(PretrainedConfig):
@@ -206,6 +229,10 @@ class SpeederConfig(PretrainedConfig):
         self.item_token_id = item_token_id
         self.position_token_ids = list(position_token_ids) if position_token_ids is not None else None
         self.label_token_ids = list(label_token_ids) if label_token_ids is not None else None
+        if kwargs.get("custom_pipelines"):
+            kwargs["custom_pipelines"] = _pipelines_not_installed(kwargs["custom_pipelines"])
+            if not kwargs["custom_pipelines"]:
+                del kwargs["custom_pipelines"]
         # The inner LM owns the tie; the composite must say the same or 5.x treats it as untied on reload.
         kwargs.setdefault("tie_word_embeddings", getattr(text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)

@@ -7,14 +7,15 @@ A Speeder model directory holds everything needed to recommend without the train
 - `item_catalog.json` (+ an empty `item_catalog.safetensors`): the `ItemCatalog` index (external item ids, titles,
   texts) without features, which are already the model's buffers; its size must match `config.num_items`;
 - optionally `sasrec/`: the SASRec model whose item embeddings are the `id` modality, used to retrieve candidates;
-- optionally (`remote_code=True`), the code files and `auto_map` that let
-  `AutoModel.from_pretrained(dir, trust_remote_code=True)` load the model where `speeder_hf` is not installed.
+- optionally (`remote_code=True`), the code files, `auto_map` and `custom_pipelines` that let
+  `pipeline("sequential-recommendation", model=dir, trust_remote_code=True)` recommend, and
+  `AutoModel.from_pretrained(dir, trust_remote_code=True)` load the model, where `speeder_hf` is not installed. The
+  code files are copies of the package's own modules (the pipeline's and the model's import graph), made here.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import logging
 import shutil
@@ -25,32 +26,41 @@ from typing import Any
 from peft import PeftModel
 from transformers import AutoTokenizer, PreTrainedModel
 from transformers.dynamic_module_utils import get_imports, get_relative_import_files
-from transformers.utils import cached_file
 
-from . import configuration_speeder, modeling_speeder
+from . import configuration_speeder, modeling_speeder, pipeline_speeder
 from .catalog import CATALOG_JSON, CATALOG_TENSORS, ItemCatalog
+from .loading import SASREC_DIR, catalog_json_for, check_catalog_matches, hub_file
+from .loading import load_sasrec_for as _load_sasrec_network
 from .lora import merge_lora
 from .sasrec import SASRec
 from .spae import check_tokenizer
 
 logger = logging.getLogger(__name__)
 
-SASREC_DIR = "sasrec"
-
 REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_speeder.SpeederConfig",
     "AutoModel": "modeling_speeder.SpeederForSequentialRec",
     "AutoModelForCausalLM": "modeling_speeder.SpeederForSequentialRec",
 }
-# Third-party packages the copied code may import: transformers' `check_imports` refuses to load a remote-code
-# model whose files import a package that is not installed, and these two are always there.
+# `pipeline(task, model=dir, trust_remote_code=True)` loads `impl` from the directory's code files and the model with
+# the transformers classes named by `pt` (the Auto class, which `auto_map` points at the shipped model class).
+REMOTE_CODE_PIPELINES = {
+    pipeline_speeder.TASK: {
+        "impl": f"{Path(pipeline_speeder.__file__).stem}.{pipeline_speeder.SequentialRecPipeline.__name__}",
+        "pt": ["AutoModel"],
+    }
+}
+# Third-party packages the copied code may import. transformers' `check_imports` refuses to load a remote-code
+# model whose files import a package that is not installed, and a model that ships needs torch and transformers
+# anyway. Their own dependencies (numpy, safetensors, tqdm, huggingface_hub) are left out on purpose: the shipped
+# code reaches safetensors files through transformers' reader, so it keeps loading whatever transformers requires.
 REMOTE_CODE_PACKAGES = frozenset({"torch", "transformers"})
 
 
 def remote_code_files() -> list[Path]:
-    """The package files `trust_remote_code` needs: the config and modeling modules plus every sibling they import
-    relatively (recursively), in a stable order. Each is checked with [`check_remote_code_imports`]."""
-    roots = [Path(configuration_speeder.__file__), Path(modeling_speeder.__file__)]
+    """The package files `trust_remote_code` needs: the config, modeling and pipeline modules plus every sibling
+    they import relatively (recursively), in a stable order. Each is checked with [`check_remote_code_imports`]."""
+    roots = [Path(m.__file__) for m in (configuration_speeder, modeling_speeder, pipeline_speeder)]
     files = dict.fromkeys(roots)
     for root in roots:
         files.update(dict.fromkeys(Path(f) for f in get_relative_import_files(root)))
@@ -61,13 +71,15 @@ def remote_code_files() -> list[Path]:
 
 def check_remote_code_imports(path: str | Path) -> None:
     """Raises `ImportError` if the file imports anything but the standard library, torch, transformers and
-    relative siblings: such a file fails to load on a machine without that package, or binds the installed
-    `speeder_hf` instead of the copied code."""
+    relative siblings: such a file fails to load on a machine without that package, binds the installed
+    `speeder_hf` instead of the copied code, or imports a sibling that transformers does not copy (it follows only
+    `from .module import name`, one level, no subpackage)."""
     path = Path(path)
     allowed = REMOTE_CODE_PACKAGES | set(sys.stdlib_module_names)
     outside = set(get_imports(path)) - allowed
     # `get_imports` skips imports inside try / if-available blocks; an absolute self-import is wrong anywhere.
     outside |= _absolute_self_imports(path)
+    outside |= _uncopied_relative_imports(path)
     if outside:
         raise ImportError(
             f"{path} imports {sorted(outside)}; remote-code files may import only the standard library, "
@@ -88,9 +100,24 @@ def _absolute_self_imports(path: Path) -> set[str]:
     return found
 
 
+def _uncopied_relative_imports(path: Path) -> set[str]:
+    """Relative imports other than `from .sibling import name`: `from . import x`, `from ..x import y` and
+    `from .pkg.mod import y` name files that transformers' `get_relative_import_files` does not copy."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            if node.level > 1 or not node.module or "." in node.module:
+                found.add("." * node.level + (node.module or ""))
+    return found
+
+
 def add_remote_code(save_directory: str | Path) -> list[Path]:
-    """Copies the remote-code files into a saved model directory and writes `auto_map` for AutoConfig, AutoModel
-    and AutoModelForCausalLM into its `config.json`. Returns the copied files.
+    """Copies the remote-code files into a saved model directory and writes into its `config.json` the `auto_map`
+    for AutoConfig, AutoModel and AutoModelForCausalLM and the `custom_pipelines` entry of the
+    `sequential-recommendation` task. Returns the copied files.
+
+    The files are the package's modules, copied byte for byte at every export: the shipped code is never a second
+    copy to keep in step by hand.
 
     `register_for_auto_class` is not used: it keeps one auto class per model class (so AutoModel and
     AutoModelForCausalLM cannot both be mapped) and changes global class state for every later save.
@@ -106,6 +133,7 @@ def add_remote_code(save_directory: str | Path) -> list[Path]:
         copied.append(target)
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["auto_map"] = {**config.get("auto_map", {}), **REMOTE_CODE_AUTO_MAP}
+    config["custom_pipelines"] = {**config.get("custom_pipelines", {}), **REMOTE_CODE_PIPELINES}
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return copied
 
@@ -117,69 +145,28 @@ def catalog_index(catalog: ItemCatalog) -> ItemCatalog:
     return ItemCatalog(catalog.item_ids, catalog.titles, catalog.texts)
 
 
-def check_catalog_matches(model: PreTrainedModel, catalog: ItemCatalog, source: str = "the catalog") -> None:
-    """Raises a clear `ValueError` when a catalog and a model's feature table have different sizes (a checkpoint
-    used with another catalog: every item id would silently map to another item's features)."""
-    n_catalog = len(catalog.item_ids)
-    n_config, n_table = model.config.num_items, model.item_table.num_items
-    if not n_catalog == n_config == n_table:
-        raise ValueError(
-            f"Catalog size mismatch: {source} has {n_catalog} items, but the model was trained on a catalog of "
-            f"{n_config} items (config.num_items; feature table {n_table} rows). Load the catalog saved with this "
-            "checkpoint, or rebuild the model's feature table with model.set_item_features for the new catalog."
-        )
-
-
-def _hub_file(path_or_repo: str | Path, filename: str, subfolder: str = "", **hub_kwargs: Any) -> Path | None:
-    """A file of a model directory or Hub repo (through the cache); None when the model has none."""
-    found = cached_file(
-        str(path_or_repo), filename, subfolder=subfolder, _raise_exceptions_for_missing_entries=False, **hub_kwargs
-    )
-    return Path(found) if found is not None else None
-
-
 def load_catalog_for(model: PreTrainedModel, path_or_repo: str | Path | None = None, **hub_kwargs: Any) -> ItemCatalog:
-    """The catalog saved with `model` (in `path_or_repo`, default the model's `name_or_path`), checked against the
-    model's feature table with [`check_catalog_matches`].
+    """The catalog saved with `model` (in `path_or_repo`, default the model's `name_or_path`), with its features when
+    it has any, checked against the model's feature table with [`check_catalog_matches`]. (The pipeline reads only
+    the items: `speeder_hf.loading.load_item_index_for`.)
 
     Raises:
         FileNotFoundError: no catalog was saved with the model.
         ValueError: the catalog's size differs from the model's.
     """
+    index = catalog_json_for(model, path_or_repo, **hub_kwargs)
     path_or_repo = path_or_repo if path_or_repo is not None else model.name_or_path
-    if not path_or_repo:
-        raise ValueError("The model was not loaded from a directory: pass its catalog explicitly.")
-    index = _hub_file(path_or_repo, CATALOG_JSON, **hub_kwargs)
-    if index is None:
-        raise FileNotFoundError(
-            f"No {CATALOG_JSON} in {path_or_repo}: save the model with speeder_hf.export.save_pretrained_bundle, "
-            "or pass its catalog explicitly."
-        )
-    if json.loads(index.read_text(encoding="utf-8")).get("modalities"):
-        _hub_file(path_or_repo, CATALOG_TENSORS, **hub_kwargs)  # a full catalog: fetch its features next to it
+    if ItemCatalog.read_meta(index.parent).get("modalities"):
+        hub_file(path_or_repo, CATALOG_TENSORS, **hub_kwargs)  # a full catalog: fetch its features next to it
     catalog = ItemCatalog.load(index.parent)
     check_catalog_matches(model, catalog, source=f"{CATALOG_JSON} in {path_or_repo}")
     return catalog
 
 
 def load_sasrec_for(model: PreTrainedModel, path_or_repo: str | Path | None = None, **hub_kwargs: Any) -> SASRec | None:
-    """The SASRec saved with `model` in `sasrec/` (None when there is none), checked against the catalog size."""
-    path_or_repo = path_or_repo if path_or_repo is not None else model.name_or_path
-    if not path_or_repo:
-        return None
-    config = _hub_file(path_or_repo, "config.json", subfolder=SASREC_DIR, **hub_kwargs)
-    weights = _hub_file(path_or_repo, "model.safetensors", subfolder=SASREC_DIR, **hub_kwargs)
-    if config is None or weights is None:
-        return None
-    # PyTorchModelHubMixin prints a line on local loads; stdout belongs to callers (e.g. `speeder-hf recommend --json`).
-    with contextlib.redirect_stdout(sys.stderr):
-        sasrec = SASRec.from_pretrained(config.parent).eval()
-    if sasrec.num_items != model.config.num_items:
-        raise ValueError(
-            f"The SASRec in {path_or_repo}/{SASREC_DIR} has {sasrec.num_items} items but the model's catalog has "
-            f"{model.config.num_items}: they come from different catalogs."
-        )
-    return sasrec
+    """The SASRec saved with `model` in `sasrec/` (None when there is none), checked against the catalog size; a
+    `speeder_hf.sasrec.SASRec` (see `speeder_hf.loading.load_sasrec_for`)."""
+    return _load_sasrec_network(model, path_or_repo, network_class=SASRec, **hub_kwargs)
 
 
 # ----- the whole directory ---------------------------------------------------------------------------------------
@@ -204,7 +191,7 @@ def save_pretrained_bundle(
         tokenizer: the tokenizer the model was trained with (checked against the config's token ids).
         catalog: the `ItemCatalog` whose rows the feature table holds.
         sasrec: the SASRec whose item embeddings are the `id` modality; saved to `sasrec/` for retrieval.
-        remote_code: also write `auto_map` and the code files.
+        remote_code: also write the code files, `auto_map` and `custom_pipelines` ([`add_remote_code`]).
         **save_kwargs: passed to `model.save_pretrained`.
 
     Raises:
@@ -244,6 +231,7 @@ def load_pretrained_bundle(
 
 __all__ = [
     "REMOTE_CODE_AUTO_MAP",
+    "REMOTE_CODE_PIPELINES",
     "SASREC_DIR",
     "add_remote_code",
     "catalog_index",

@@ -384,18 +384,26 @@ def build_model_card(
     candidate_ids = json.dumps(
         list(dict.fromkeys([examples[0]["target"], *[r["item_id"] for r in recommendations[0]]]))[:4]
     )
-    usage = (
-        "import speeder_hf  # registers the Speeder classes and the sequential-recommendation pipeline\n"
-        "from transformers import pipeline\n\n"
-        f'recommend = pipeline("sequential-recommendation", model="{repo_id}")\n'
+    calls = (
         "# A history of item ids (or exact titles), oldest first: retrieve, then rerank.\n"
         f"print(recommend({history_ids}, top_k=5))\n"
-        "# Rank your own candidates instead.\n"
+    )
+    usage = (
+        "from transformers import pipeline\n\n"
+        f'recommend = pipeline("sequential-recommendation", model="{repo_id}", trust_remote_code=True)\n'
+        + calls
+        + "# Rank your own candidates instead.\n"
         f'print(recommend({{"history": {history_ids}, "candidates": {candidate_ids}}}))\n'
         "# Several users at once.\n"
         f"print(recommend([{history_ids}, {json.dumps(examples[-1]['history'][-3:])}], batch_size=2, top_k=3))"
     )
-    remote_code = (
+    package_usage = (
+        "import speeder_hf  # registers the Speeder classes and the sequential-recommendation pipeline\n"
+        "from transformers import pipeline\n\n"
+        f'recommend = pipeline("sequential-recommendation", model="{repo_id}")  # no trust_remote_code\n'
+        + calls.rstrip("\n")
+    )
+    model_only = (
         f'from transformers import AutoModel\n\nmodel = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)'
     )
 
@@ -471,7 +479,8 @@ def build_model_card(
             else ""
         ),
         usage_snippet=usage,
-        remote_code_snippet=remote_code,
+        package_snippet=package_usage,
+        model_snippet=model_only,
         evaluation_intro=(
             f"These results are on the {results['split']} split of {info.pretty}: {metrics['num_samples']} users, "
             f"with {split_strategy} targets and the protocol {metrics['protocol']}. They were measured{date} with "

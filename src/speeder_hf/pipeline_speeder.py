@@ -2,10 +2,11 @@
 `{item_id, title, score}` out.
 
 ```python
-import speeder_hf  # registers the model classes and this pipeline
 from transformers import pipeline
 
-recommend = pipeline("sequential-recommendation", model="path/or/repo")
+# A saved model ships this module as remote code (`speeder_hf.export.add_remote_code`); with `import speeder_hf`
+# first, the installed package registers it instead and `trust_remote_code` is not needed.
+recommend = pipeline("sequential-recommendation", model="path/or/repo", trust_remote_code=True)
 recommend(["B0001", "Red lipstick"])                                   # retrieve, then rerank
 recommend({"history": ["B0001"], "candidates": ["B0002", "B0003"]})   # rerank the given candidates
 recommend([["B0001"], {"history": ["B0004", "B0005"]}], batch_size=8)   # several users
@@ -29,8 +30,8 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.base import no_collate_fn
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
-from .catalog import ItemCatalog
-from .export import check_catalog_matches, load_catalog_for
+from .item_index import ItemIndex
+from .loading import check_catalog_matches, load_item_index_for
 from .modeling_speeder import SpeederForSequentialRec
 from .recommend import ItemRef, Recommender, Retriever, default_retriever
 
@@ -51,7 +52,8 @@ class SequentialRecPipeline(Pipeline):
     Args:
         model: a `SpeederForSequentialRec` (loaded by `pipeline(...)` from a directory or repo).
         tokenizer: the tokenizer saved with the model.
-        catalog: the model's `ItemCatalog` (features not needed); default: the one saved with the model.
+        catalog: the model's `ItemCatalog` or `ItemIndex` (features not needed); default: the items of the catalog
+            saved with the model.
         retriever: the first stage for requests without candidates; default: the SASRec saved with the model, else
             a `FeatureRetriever` over the model's feature table (`speeder_hf.recommend.default_retriever`).
         candidates (call-time): candidates for every input that has none of its own.
@@ -68,13 +70,13 @@ class SequentialRecPipeline(Pipeline):
     _load_feature_extractor = False
 
     def __init__(
-        self, model, tokenizer=None, catalog: ItemCatalog | None = None, retriever: Retriever | None = None, **kwargs
+        self, model, tokenizer=None, catalog: ItemIndex | None = None, retriever: Retriever | None = None, **kwargs
     ):
         super().__init__(model=model, tokenizer=tokenizer, **kwargs)
         if self.tokenizer is None:
             raise ValueError("The sequential-recommendation pipeline needs the tokenizer saved with the model.")
         if catalog is None:
-            catalog = load_catalog_for(self.model)
+            catalog = load_item_index_for(self.model)
         else:
             check_catalog_matches(self.model, catalog)
         if retriever is None:

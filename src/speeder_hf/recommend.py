@@ -12,7 +12,7 @@ Two stages (the usual retrieve-then-rerank design of LLM recommenders):
    are scored with the weights the model's `config.retrieved_fusion` fitted for them, where it has them.
 
 Items are named by their external id (the catalog's `item_id`, a string; an int is read as its decimal string) or by
-their title (`ItemCatalog.resolve`: ids first, then titles matched whole, ignoring case and surrounding spaces).
+their title (`ItemIndex.resolve`: ids first, then titles matched whole, ignoring case and surrounding spaces).
 Internal catalog rows never appear in this API.
 """
 
@@ -24,10 +24,11 @@ from typing import Any, Protocol
 
 import torch
 
-from .catalog import ItemCatalog
 from .collator import SpeederDataCollator
+from .item_index import ItemIndex
+from .loading import load_item_index_for, load_model_and_tokenizer, load_sasrec_for
+from .modeling_sasrec import SASRecNetwork
 from .prior_calibration import PriorFusion
-from .sasrec import SASRec
 
 ItemRef = str | int
 
@@ -55,7 +56,7 @@ def _exclude_and_top(scores: torch.Tensor, history: Sequence[int], k: int) -> li
 class SASRecRetriever:
     """Retrieves the items a SASRec scores highest after the history (full-catalog ranking, history excluded)."""
 
-    def __init__(self, sasrec: SASRec):
+    def __init__(self, sasrec: SASRecNetwork):
         self.sasrec = sasrec.eval()
 
     @torch.no_grad()
@@ -115,8 +116,6 @@ class FeatureRetriever:
 def default_retriever(model, path_or_repo: str | None = None) -> Retriever:
     """The SASRec saved with the model (`sasrec/` in `path_or_repo`, default the model's `name_or_path`) when there
     is one, else a [`FeatureRetriever`] over the model's feature table."""
-    from .export import load_sasrec_for
-
     sasrec = load_sasrec_for(model, path_or_repo)
     return SASRecRetriever(sasrec) if sasrec is not None else FeatureRetriever.from_model(model)
 
@@ -136,7 +135,7 @@ class Recommender:
     Args:
         model: a `SpeederForSequentialRec` whose item feature table holds the catalog (`config.num_items` rows).
         tokenizer: the tokenizer saved with the model.
-        catalog: the `ItemCatalog` of the model's feature table (same rows; features not needed).
+        catalog: the `ItemIndex` (or `ItemCatalog`) of the model's feature table (same rows; features not needed).
         retriever: first stage used when no candidates are given (None: candidates are required).
         batch_size: prompts per forward pass.
 
@@ -149,7 +148,7 @@ class Recommender:
         self,
         model,
         tokenizer,
-        catalog: ItemCatalog,
+        catalog: ItemIndex,
         retriever: Retriever | None = None,
         batch_size: int = 8,
     ):
@@ -180,13 +179,12 @@ class Recommender:
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str, batch_size: int = 8, **from_pretrained_kwargs: Any) -> Recommender:
-        """Loads a directory (or Hub repo) saved by `speeder_hf.export.save_pretrained_bundle`, with its default
-        retriever."""
-        from .export import load_pretrained_bundle
-
-        model, tokenizer, catalog, sasrec = load_pretrained_bundle(path_or_repo, **from_pretrained_kwargs)
-        retriever = SASRecRetriever(sasrec) if sasrec is not None else FeatureRetriever.from_model(model)
-        return cls(model, tokenizer, catalog, retriever, batch_size=batch_size)
+        """Loads a directory (or Hub repo) saved by `speeder_hf.export.save_pretrained_bundle`: the model and its
+        tokenizer, the catalog's items and the default retriever ([`default_retriever`])."""
+        model, tokenizer = load_model_and_tokenizer(path_or_repo, **from_pretrained_kwargs)
+        model.eval()
+        catalog = load_item_index_for(model, path_or_repo)
+        return cls(model, tokenizer, catalog, default_retriever(model, path_or_repo), batch_size=batch_size)
 
     @property
     def max_candidates(self) -> int:
@@ -194,7 +192,7 @@ class Recommender:
 
     # ----- items ----------------------------------------------------------------------------------------------
     def resolve(self, item: ItemRef) -> int:
-        """The catalog row of an item id or title (`ItemCatalog.resolve`).
+        """The catalog row of an item id or title (`ItemIndex.resolve`).
 
         Raises:
             UnknownItemError: neither an id nor a title matches, or the title is shared by several items.
