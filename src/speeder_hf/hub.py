@@ -281,6 +281,14 @@ def _limitations(
         "When no candidates are given, the retrieval stage bounds what can be recommended: the LLM only reorders the "
         f"{config['num_candidates']} retrieved items.",
     ]
+    weights = results.get("priors", {}).get("weights")
+    if weights:
+        listed = ", ".join(f"{name} {value:.2f}" for name, value in weights.items())
+        points.append(
+            "The candidate scores add the LLM's to two priors, SASRec's and the candidates' feature similarity to the "
+            f"history, with weights fitted on validation users ({listed}). Most of the ranking comes from the "
+            "priors; at this budget the LLM's part carries little."
+        )
     untrained = [m for m in config["modalities"] if m not in trained_modalities]
     if untrained:
         points.append(
