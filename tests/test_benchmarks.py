@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import transformers
 from conftest import require_package, require_shared_data, tiny_llm, tiny_tokenizer
 from PIL import Image
 
@@ -429,27 +429,61 @@ def test_mpo_share_compares_stage_splits_on_validation_users(tmp_path):
         mpo_share.parse_args(["--shares", "1.5"])
 
 
-def test_accuracy_continues_an_interrupted_method_from_its_checkpoint(tmp_path):
-    work, first_out, second_out = tmp_path / "work", tmp_path / "first", tmp_path / "second"
-    # (a resumed run keeps methods already in its --out; each sitting here writes to a fresh folder)
-    run = ["--quick", "--methods", "speeder", "--work-dir", str(work)]
-    first = accuracy.main([*run, "--out", str(first_out)])["synthetic"]["methods"]["speeder"]
-    assert first["train_sittings"] == 1 and first["train_started_at_commit"]
-    # killed in the last stage after its checkpoint: no done marker, no final weights
+class Killed(BaseException):
+    """Stands for a kill: a BaseException, so no `except Exception` on the way catches it."""
+
+
+def test_accuracy_continues_an_interrupted_method_from_its_checkpoint(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    # half of the 24 samples in the last stage: 12 samples of batch 8 make it the only stage with 2 steps
+    run = ["--quick", "--methods", "speeder", "--final-stage-share", "0.5"]
     last_stage = work / "synthetic" / "speeder" / "stage-3-all"
-    assert list(last_stage.glob("checkpoint-*"))
-    (last_stage / "mpo_stage_done.json").unlink()
-    shutil.rmtree(last_stage / "final")
+    trained = []  # (stage folder, optimizer steps already done) at each training step of a sitting
+    kill_at = [None]
+    training_step = transformers.Trainer.training_step
+
+    def counted(trainer, *args, **kwargs):
+        at = (Path(trainer.args.output_dir).name, trainer.state.global_step)
+        if at == kill_at[0]:
+            raise Killed(at)
+        trained.append(at)
+        return training_step(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", counted)
+    # (a resumed run keeps methods already in its --out; each sitting here writes to a fresh folder)
+    uninterrupted = accuracy.main([*run, "--work-dir", str(tmp_path / "whole"), "--out", str(tmp_path / "whole")])
+    whole = uninterrupted["synthetic"]["methods"]["speeder"]
+    assert whole["train_sittings"] == 1 and whole["train_started_at_commit"]
+    assert whole["train_samples_per_stage"] == [4, 4, 4, 12]
+    assert [step for stage, step in trained if stage == last_stage.name] == [0, 1]
+
+    # killed in the middle of the last stage, in step 2, after step 1's checkpoint: one step left
+    trained.clear()
+    kill_at[0] = (last_stage.name, 1)
+    with pytest.raises(Killed):
+        accuracy.main([*run, "--work-dir", str(work), "--out", str(tmp_path / "first")])
+    assert trained[-1] == (last_stage.name, 0)
+    assert [path.name for path in last_stage.glob("checkpoint-*")] == ["checkpoint-1"]
+    assert not (last_stage / "mpo_stage_done.json").exists() and not (last_stage / "final").exists()
     trained_before = json.loads((work / "synthetic" / "speeder" / "sittings.json").read_text())["train_seconds"]
-    again = accuracy.main([*run, "--out", str(second_out), "--resume"])["synthetic"]["methods"]["speeder"]
+
+    trained.clear()
+    kill_at[0] = None
+    run = [*run, "--work-dir", str(work)]
+    again = accuracy.main([*run, "--out", str(tmp_path / "second"), "--resume"])["synthetic"]["methods"]["speeder"]
     assert again["train_sittings"] == 2 and again["train_seconds"] >= trained_before > 0
-    # the checkpoint held the last step's weights: the continued run evaluates exactly like the uninterrupted one
-    assert {k: again[k] for k in accuracy.METRIC_KEYS} == {k: first[k] for k in accuracy.METRIC_KEYS}
+    # the second sitting trained only the step left (step 2 of the last stage), not the stage or the run afresh
+    assert trained == [(last_stage.name, 1)]
+    assert json.loads((last_stage / "mpo_stage_done.json").read_text())["global_step"] == 2
+    # (its metrics are not compared with the uninterrupted run's: two uninterrupted --quick runs in one process
+    # already differ, the first from the later ones)
+    assert set(accuracy.METRIC_KEYS) <= set(again)
     # other settings: the folder is not continued but trained again from the start
-    changed = accuracy.main([*run, "--out", str(tmp_path / "third"), "--resume", "--final-stage-share", "0.5"])
+    trained.clear()
+    changed = accuracy.main([*run[:3], *run[5:], "--out", str(tmp_path / "third"), "--resume"])
     speeder = changed["synthetic"]["methods"]["speeder"]
-    assert speeder["train_sittings"] == 1 and first["train_samples_per_stage"] == [6, 6, 6, 6]
-    assert speeder["train_samples_per_stage"] == [4, 4, 4, 12] and speeder["train_samples_seen"] == 24
+    assert speeder["train_sittings"] == 1 and trained[0][1] == 0 and len(trained) == 4
+    assert speeder["train_samples_per_stage"] == [6, 6, 6, 6] and speeder["train_samples_seen"] == 24
 
 
 def test_accuracy_continues_an_interrupted_evaluation_from_its_last_saved_batch(tmp_path, monkeypatch):
