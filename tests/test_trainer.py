@@ -3,6 +3,7 @@ model; num_items_in_batch does; gate weights, stage and throughput are logged.""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -154,8 +155,13 @@ def test_trains_with_the_real_collator_and_its_metadata(tmp_path):
     trainer = SpeederTrainer(
         model=model, args=toy_args(tmp_path, max_steps=2), train_dataset=rows, data_collator=collator
     )
+    before = {name: w.detach().clone() for name, w in model.named_parameters() if w.requires_grad}
     trainer.train()
     assert trainer.state.global_step == 2
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert losses and all(math.isfinite(loss) and loss > 0 for loss in losses)
+    changed = [name for name, w in model.named_parameters() if name in before and not torch.equal(w, before[name])]
+    assert any(name.startswith("mrc.") for name in changed)  # the batches reached the optimizer
 
 
 def test_remove_unused_columns_must_be_off(tmp_path):
