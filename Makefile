@@ -29,7 +29,7 @@ $(BIN)/.installed: pyproject.toml constraints-ci.txt
 install: $(BIN)/.installed
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -rs tests
 
 lint: install
 	$(BIN)/ruff check src tests examples benchmarks

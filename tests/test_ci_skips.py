@@ -19,18 +19,17 @@ def test_ci_flag(value, expected, monkeypatch):
     assert in_ci() is False
 
 
-def test_missing_shared_data_skips_locally_and_fails_in_ci(tmp_path, monkeypatch):
+def test_missing_shared_data_skips_even_in_ci_and_names_the_path(tmp_path, monkeypatch):
+    # The shared data live outside the repository, so a clean clone may lack them: a plain skip, listed by -rs.
     monkeypatch.setenv("SPEEDER_HF_DATA", str(tmp_path / "nowhere"))
-    monkeypatch.delenv("CI", raising=False)
-    with pytest.raises(SKIPPED, match=r"nowhere/beauty/Beauty\.txt is not present"):
-        require_shared_data("beauty/Beauty.txt")
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(FAILED, match=r"nowhere/beauty/Beauty\.txt is not present.*SPEEDER_HF_DATA.*CI must run"):
-        require_shared_data("beauty/Beauty.txt")
+    for ci in ("", "true"):
+        monkeypatch.setenv("CI", ci)
+        with pytest.raises(SKIPPED, match=r"nowhere/beauty/Beauty\.txt is not present.*SPEEDER_HF_DATA"):
+            require_shared_data("beauty/Beauty.txt")
     (tmp_path / "nowhere" / "beauty").mkdir(parents=True)
     (tmp_path / "nowhere" / "beauty" / "Beauty.txt").write_text("1 1 2\n")
-    assert require_shared_data("beauty/Beauty.txt") == tmp_path / "nowhere"  # present: no skip, no failure
-    with pytest.raises(FAILED, match=r"nowhere/sports is not present"):  # the first absent path is named
+    assert require_shared_data("beauty/Beauty.txt") == tmp_path / "nowhere"  # present: no skip
+    with pytest.raises(SKIPPED, match=r"nowhere/sports is not present"):  # the first absent path is named
         require_shared_data("beauty/Beauty.txt", "sports")
 
 
