@@ -222,10 +222,11 @@ def paired_verdict(paired: dict[str, Any], part: str) -> str:
     variant - full)."""
     gap, p = -paired["difference"], paired["p_value"]
     test = f"exact McNemar test on {paired['n']} users: {_p(p)}"
+    if gap > 0 and p < 0.05:
+        return f"below the full model by {gap:.4f}: {part} helps (significant; {test})"
     if gap > 0:
-        significance = "significant" if p < 0.05 else "not significant"
-        return f"below the full model by {gap:.4f}: {part} helps ({significance}; {test})"
-    return f"**not below the full model** (by {-gap:.4f}): {part} does not help here ({test})"
+        return f"below the full model by {gap:.4f}, within the noise: no measurable gain from {part} ({test})"
+    return f"**not below the full model** (by {-gap:.4f}): no gain from {part} here ({test})"
 
 
 def curve_lines(methods: dict[str, dict]) -> list[str]:
@@ -235,11 +236,12 @@ def curve_lines(methods: dict[str, dict]) -> list[str]:
         return []
     points = ", ".join(f"{p['train_samples']}: {p['VHR@1']:.3f}" for p in curve["points"])
     passed = curve["time_to_sasrec_s"]
-    when = (
-        f"first above it after {passed:.0f} s of training ({curve['samples_to_sasrec']} samples)"
-        if passed is not None
-        else "**never above it** during training"
-    )
+    if passed is None:
+        when = "**never above it** during training"
+    elif curve["samples_to_sasrec"] == 0:
+        when = "above it before any training (the untrained LLM adds nothing: the priors alone)"
+    else:
+        when = f"first above it after {passed:.0f} s of training ({curve['samples_to_sasrec']} samples)"
     return [
         f"- learning curve (validation VHR@1 of {curve['validation_users']} users by training samples; SASRec "
         f"{curve['sasrec_validation_HR@1']:.3f}): {points}; {when} (`time_to_sasrec_s`)"

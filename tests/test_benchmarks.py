@@ -616,4 +616,4 @@ def test_target_lines_use_the_paired_test_when_the_rows_have_one():
         "- speeder VHR@1 0.3600 > SASRec HR@1 0.3300: met (exact McNemar test on the same 5000 users: p = 0.0004)"
     )
     assert "below the full model by 0.1600: adding the priors to the LLM helps (significant;" in lines[1]
-    assert "p < 1e-12" in lines[1] and "**not below the full model** (by 0.0010): the MRC gate does not" in lines[2]
+    assert "p < 1e-12" in lines[1] and "**not below the full model** (by 0.0010): no gain from the MRC gate" in lines[2]
