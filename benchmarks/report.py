@@ -63,14 +63,13 @@ def _provenance(result: dict[str, Any]) -> list[str]:
 def _wall_and_runs(result: dict[str, Any], key: str) -> list[str]:
     """The wall time, and when a `--resume` run added rows to earlier ones, which command produced which rows
     (listed under `key` in each of the result's `runs`). A row a later run produced again is listed under that run
-    only, and a run left with no row is not listed."""
+    only, and a run whose rows all were produced again is not listed."""
     runs, owned = [], set()
     for run in reversed(result.get("runs", [])):
         rows = [row for row in run.get(key, []) if row not in owned]
         owned.update(rows)
         if rows or not run.get(key):
             runs.insert(0, {**run, key: rows})
-    runs = [run for run in runs if run[key]] or runs[-1:]
     last = " (of the last run)" if len(runs) > 1 else ""
     lines = [f"- wall time{last}: {result['wall_seconds'] / 60:.1f} min"]
     if len(runs) > 1:
