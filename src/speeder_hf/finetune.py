@@ -33,7 +33,7 @@ from .lora import merge_lora
 from .modeling_speeder import SpeederForSequentialRec
 from .mpo import default_stages, run_mpo
 from .prior_calibration import PriorFusion, calibrate_priors, calibrate_retrieved_fusion
-from .recommend import FeatureRetriever, Recommender, SASRecRetriever
+from .recommend import Recommender, retriever_for
 from .sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
 
 logger = logging.getLogger(__name__)
@@ -376,7 +376,7 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         prior_record.update(weights=weights, content_modalities=content_modalities, calibration_users=len(calibration))
         logger.info("Prior weights %s fitted on %d validation users", weights, len(calibration))
         # The pipeline's two-stage mode meets the retriever's top candidates, not uniformly drawn ones.
-        retriever = SASRecRetriever(sasrec) if sasrec is not None else FeatureRetriever.from_model(model)
+        retriever = retriever_for(model, sasrec)
         texts = {"item_titles": catalog.titles, "item_texts": catalog.texts, "batch_size": args.eval_batch_size}
         prior_record["retrieved_fusion"] = calibrate_retrieved_fusion(
             model, tokenizer, calibration, retriever, args.num_candidates, **texts

@@ -19,6 +19,7 @@ Internal catalog rows never appear in this API.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -113,11 +114,16 @@ class FeatureRetriever:
         return found
 
 
-def default_retriever(model, path_or_repo: str | None = None) -> Retriever:
-    """The SASRec saved with the model (`sasrec/` in `path_or_repo`, default the model's `name_or_path`) when there
-    is one, else a [`FeatureRetriever`] over the model's feature table."""
-    sasrec = load_sasrec_for(model, path_or_repo)
+def retriever_for(model, sasrec=None) -> Retriever:
+    """A [`SASRecRetriever`] over `sasrec` when there is one, else a [`FeatureRetriever`] over the model's feature
+    table."""
     return SASRecRetriever(sasrec) if sasrec is not None else FeatureRetriever.from_model(model)
+
+
+def default_retriever(model, path_or_repo: str | None = None) -> Retriever:
+    """The retriever of the SASRec saved with the model (`sasrec/` in `path_or_repo`, default the model's
+    `name_or_path`) when there is one, else a [`FeatureRetriever`] over the model's feature table."""
+    return retriever_for(model, load_sasrec_for(model, path_or_repo))
 
 
 @dataclass
@@ -248,32 +254,36 @@ class Recommender:
     @torch.no_grad()
     def score(self, requests: Sequence[Request], batch_size: int | None = None) -> list[torch.Tensor]:
         """Softmax scores of each request's candidates `(C_i,)`, in candidate order; `batch_size` (default the
-        recommender's) prompts per forward pass."""
+        recommender's) prompts per forward pass. Retrieved and given candidates are scored in separate batches, each
+        with its own weights (`config.retrieved_fusion` for retrieved ones, where the model has it)."""
         batch_size = batch_size or self.batch_size
-        scores = []
-        for start in range(0, len(requests), batch_size):
-            chunk = requests[start : start + batch_size]
-            # The prompt does not depend on the target; the collator only needs one among the candidates.
-            rows = [{"history": r.history, "candidates": r.candidates, "target": r.candidates[0]} for r in chunk]
-            batch = {key: value.to(self.model.device) for key, value in self.collator(rows).items()}
-            width = max(len(r.candidates) for r in chunk)
-            logits = self.model.score_candidates(num_candidates=width, **batch)  # (B, width)
-            logits = self._reweigh_retrieved(logits, batch, chunk)
-            # A row with fewer candidates than `width` never saw the extra labels; they take no part in its softmax.
-            scores += [row[: len(r.candidates)].softmax(-1).cpu() for row, r in zip(logits, chunk)]
+        scores: list[torch.Tensor | None] = [None] * len(requests)
+        for retrieved in (False, True):
+            indices = [i for i, r in enumerate(requests) if r.retrieved == retrieved]
+            with self._weights_for(retrieved):
+                for start in range(0, len(indices), batch_size):
+                    chunk = indices[start : start + batch_size]
+                    for i, row_scores in zip(chunk, self._score_chunk([requests[i] for i in chunk])):
+                        scores[i] = row_scores
         return scores
 
-    def _reweigh_retrieved(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], chunk) -> torch.Tensor:
-        """The rows of retrieved requests scored with the weights of `config.retrieved_fusion` (the others
-        unchanged)."""
+    def _score_chunk(self, chunk: Sequence[Request]) -> list[torch.Tensor]:
+        # The prompt does not depend on the target; the collator only needs one among the candidates.
+        rows = [{"history": r.history, "candidates": r.candidates, "target": r.candidates[0]} for r in chunk]
+        batch = {key: value.to(self.model.device) for key, value in self.collator(rows).items()}
+        width = max(len(r.candidates) for r in chunk)
+        logits = self.model.score_candidates(num_candidates=width, **batch)  # (B, width)
+        # A row with fewer candidates than `width` never saw the extra labels; they take no part in its softmax.
+        return [row[: len(r.candidates)].softmax(-1).cpu() for row, r in zip(logits, chunk)]
+
+    def _weights_for(self, retrieved: bool) -> AbstractContextManager:
+        """The score weights for retrieved candidates (`config.retrieved_fusion`) while scoring them; the model's
+        own weights otherwise."""
         weights = self.model.config.retrieved_fusion
-        retrieved = torch.tensor([r.retrieved for r in chunk], device=logits.device)
-        if not weights or not retrieved.any() or "prior_history" not in batch:
-            return logits
+        if not retrieved or not weights or not self.model.config.uses_candidate_priors:
+            return nullcontext()
         fusion = PriorFusion.of(self.model)
-        with fusion.weights_applied({name: value for name, value in weights.items() if name in fusion.names}):
-            rescored = self.model.score_candidates(num_candidates=logits.shape[1], **batch)  # (B, width)
-        return torch.where(retrieved[:, None], rescored, logits)
+        return fusion.weights_applied({name: value for name, value in weights.items() if name in fusion.names})
 
     def rank(self, request: Request, scores: torch.Tensor, top_k: int | None = None) -> list[dict[str, Any]]:
         """The request's candidates sorted by score (ties keep candidate order), as `{item_id, title, score}`."""
@@ -304,6 +314,7 @@ __all__ = [
     "FeatureRetriever",
     "SASRecRetriever",
     "default_retriever",
+    "retriever_for",
     "ItemRef",
     "Recommender",
     "Request",
