@@ -1,5 +1,5 @@
-"""Accuracy benchmark (issue 6, SPEC §7): Speeder, its ablations and the baselines under one training budget, on
-the same test users, candidates and metric code.
+"""Accuracy benchmark (targets: docs/design.md#targets): Speeder, its ablations and the baselines under one
+training budget, on the same test users, candidates and metric code.
 
 Every LLM method starts from the same backbone and trains LoRA (same rank, learning rates, batch size) on the same
 training samples (a seeded subset of the leave-one-out training prefixes, each seen once; per-sample training

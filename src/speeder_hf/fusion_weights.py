@@ -16,10 +16,6 @@ import torch
 RIDGE = 1e-3
 
 
-def _cross_entropy(logits: torch.Tensor, target_index: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(logits, target_index)
-
-
 @torch.no_grad()
 def fit_fusion_weights(
     features: torch.Tensor,
@@ -48,7 +44,7 @@ def fit_fusion_weights(
     target = x[torch.arange(batch), target_index]  # (B, K)
 
     def loss(w: torch.Tensor) -> torch.Tensor:
-        return _cross_entropy(offsets + x @ w, target_index) + 0.5 * ridge * w.dot(w)
+        return torch.nn.functional.cross_entropy(offsets + x @ w, target_index) + 0.5 * ridge * w.dot(w)
 
     weights = torch.zeros(k, dtype=torch.float64)
     current = loss(weights)
