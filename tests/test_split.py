@@ -156,3 +156,21 @@ def test_held_out_training_targets_are_exactly_what_the_held_out_sequences_leave
         assert full[row["user_id"]][-1] == row["target"] and full[row["user_id"]][:-1] == row["history"]
     with pytest.raises(ValueError, match="holdout must be >= 0"):
         training_sequences(rec, holdout=-1)
+
+
+def test_given_strategy_reads_each_sequence_split_from_its_column():
+    rec = rec_of({"a": [0, 1, 2], "b": [3, 4], "c": [5, 6, 7], "d": [8]}, num_items=30)
+    rec = RecDataset(rec.name, rec.items, rec.sequences.add_column("split", ["train", "validation", "test", "train"]))
+    split = make_split(rec, num_candidates=5)  # the column makes "given" the default
+    assert split["train"].to_dict() == {"user_id": ["a"], "history": [[0, 1]], "target": [2]}  # no prefixes; d: 1 item
+    assert split["validation"]["history"][:] == [[3]] and split["test"]["target"][:] == [7]
+    assert json.loads(split["test"].info.description)["strategy"] == "given"
+    assert make_split(rec, num_candidates=5, min_history=2)["validation"]["user_id"][:] == []
+    assert training_sequences(rec) == {"a": [0, 1, 2], "d": [8]}
+    assert training_sequences(rec, holdout=1) == {"a": [0, 1]}
+    assert len(make_split(rec, strategy="leave_one_out", num_candidates=5)["test"]) == 3  # still choosable
+    with pytest.raises(ValueError, match="strategy 'given' needs a 'split' column"):
+        make_split(rec_of({"a": [0, 1]}, num_items=30), strategy="given")
+    bad = RecDataset(rec.name, rec.items, rec.sequences.remove_columns("split").add_column("split", ["dev"] * 4))
+    with pytest.raises(ValueError, match="user 'a' has split 'dev', not one of"):
+        make_split(bad)

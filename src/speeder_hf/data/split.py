@@ -1,5 +1,6 @@
-"""Train / validation / test samples from a `RecDataset`: leave-one-out per user, or a split by users (LLaRA's
-protocol), with fixed evaluation candidates (the protocol and its reasons: docs/design.md, "Evaluation protocol")."""
+"""Train / validation / test samples from a `RecDataset`: leave-one-out per user, a split by users (LLaRA's
+protocol), or the split the data files give (a `split` column of the sequences), with fixed evaluation candidates
+(the protocol and its reasons: docs/design.md, "Evaluation protocol")."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import numpy as np
 from .candidates import CandidateSampler, sample_rng
 from .rec_dataset import RecDataset, columns_to_dataset
 
-STRATEGIES = ("leave_one_out", "user")
+STRATEGIES = ("leave_one_out", "user", "given")
+# The sequences' column that names each sequence's split under the "given" strategy, and its values.
+SPLIT_COLUMN, SPLIT_NAMES = "split", ("train", "validation", "test")
 # Random streams of the evaluation candidates; training epochs use streams 0, 1, 2, ...
 VALIDATION_STREAM, TEST_STREAM = 2**32 + 1, 2**32 + 2
 
@@ -24,6 +27,15 @@ class _UserPlan:
     train_end: int  # items [0, train_end) are the training part
     validation: int | None
     test: int | None
+    train_from: int = 0  # training targets are the positions [max(train_from, min_history), train_end)
+
+
+def _resolve_strategy(rec: RecDataset, strategy: str | None) -> str:
+    """`strategy`, or for None the dataset's own: `"given"` when its sequences have a `split` column (a LLaRA
+    folder's files), else `"leave_one_out"`."""
+    if strategy is None:
+        return "given" if SPLIT_COLUMN in rec.sequences.column_names else "leave_one_out"
+    return strategy
 
 
 def _plans(rec: RecDataset, strategy: str, min_history: int, seed: int, user_fractions: tuple[float, float, float]):
@@ -39,6 +51,8 @@ def _plans(rec: RecDataset, strategy: str, min_history: int, seed: int, user_fra
             validation = n - 2 if test is not None and n - 2 >= min_history else None
             plans.append(_UserPlan(next(p for p in (validation, test, n) if p is not None), validation, test))
         return plans
+    if strategy == "given":
+        return _given_plans(rec, lengths, min_history)
     if len(user_fractions) != 3 or abs(sum(user_fractions) - 1) > 1e-6 or min(user_fractions) < 0:
         raise ValueError(f"user_fractions must be three non-negative numbers summing to 1, got {user_fractions}.")
     order = np.random.default_rng(seed).permutation(len(lengths))
@@ -52,9 +66,26 @@ def _plans(rec: RecDataset, strategy: str, min_history: int, seed: int, user_fra
     return plans
 
 
+def _given_plans(rec: RecDataset, lengths: list[int], min_history: int) -> list[_UserPlan]:
+    """One sample per sequence, its last item the target, in the split its `split` column names. A training
+    sequence gives only that sample, not every prefix: LLaRA's training windows already slide over each user."""
+    if SPLIT_COLUMN not in rec.sequences.column_names:
+        raise ValueError(f"strategy 'given' needs a {SPLIT_COLUMN!r} column in the sequences of {rec.name!r}.")
+    plans = []
+    for user, name, n in zip(rec.sequences["user_id"][:], rec.sequences[SPLIT_COLUMN][:], lengths):
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"RecDataset {rec.name!r}: user {user!r} has split {name!r}, not one of {SPLIT_NAMES}.")
+        last = n - 1 if n - 1 >= min_history else None
+        if name == "train":
+            plans.append(_UserPlan(n, None, None, train_from=n - 1))
+        else:
+            plans.append(_UserPlan(0, last if name == "validation" else None, last if name == "test" else None))
+    return plans
+
+
 def training_sequences(
     rec: RecDataset,
-    strategy: str = "leave_one_out",
+    strategy: str | None = None,
     seed: int = 0,
     min_history: int = 1,
     user_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
@@ -69,7 +100,7 @@ def training_sequences(
     """
     if holdout < 0:
         raise ValueError(f"holdout must be >= 0, got {holdout}.")
-    plans = _plans(rec, strategy, min_history, seed, user_fractions)
+    plans = _plans(rec, _resolve_strategy(rec, strategy), min_history, seed, user_fractions)
     sequences = {
         user: seq[: plan.train_end - holdout]
         for user, seq, plan in zip(rec.sequences["user_id"][:], rec.sequences["items"][:], plans)
@@ -88,7 +119,7 @@ def last_training_rows(train: datasets.Dataset) -> datasets.Dataset:
 
 def make_split(
     rec: RecDataset,
-    strategy: str = "leave_one_out",
+    strategy: str | None = None,
     num_candidates: int | None = 20,
     seed: int = 0,
     min_history: int = 1,
@@ -102,6 +133,9 @@ def make_split(
             validation target, and every earlier item with at least `min_history` items before it is a
             training target. `"user"`: users are split by `user_fractions` (train, validation, test); a
             validation or test user gives one sample (the last item), a training user all its prefixes.
+            `"given"`: the sequences' `split` column names each sequence's split, and each sequence gives one
+            sample, its last item the target (LLaRA's windows, read by `load_llara`). None: `"given"` when that
+            column exists, else `"leave_one_out"`.
         num_candidates: size of the evaluation candidate sets (target included); None adds no candidates
             (full-ranking evaluation only).
         seed: fixes the evaluation candidates (and the user split); the same seed gives the same candidates.
@@ -120,6 +154,7 @@ def make_split(
     """
     if max_history_len < min_history:
         raise ValueError(f"max_history_len ({max_history_len}) must be >= min_history ({min_history}).")
+    strategy = _resolve_strategy(rec, strategy)
     plans = _plans(rec, strategy, min_history, seed, user_fractions)
     sampler = CandidateSampler(rec.num_items, num_candidates) if num_candidates else None
     user_items = rec.user_items()
@@ -139,7 +174,7 @@ def make_split(
             rows["target_timestamp"].append(times[position])
 
     for user, seq, times, plan in zip(users, sequences, stamps, plans):
-        for position in range(min_history, plan.train_end):
+        for position in range(max(min_history, plan.train_from), plan.train_end):
             add("train", user, seq, times, position)
         for name, position in (("validation", plan.validation), ("test", plan.test)):
             if position is None:
@@ -190,4 +225,4 @@ def _empty_columns(timed: bool) -> dict[str, list]:
     return {name: [] for name in names}
 
 
-__all__ = ["STRATEGIES", "last_training_rows", "make_split", "training_sequences"]
+__all__ = ["SPLIT_COLUMN", "STRATEGIES", "last_training_rows", "make_split", "training_sequences"]
