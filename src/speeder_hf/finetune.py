@@ -47,7 +47,10 @@ PRIOR_FIT_ROWS = 4096  # training rows the prior's starting weight is fitted on 
 class FinetuneArguments:
     """Every knob of the main job. The defaults are a small CPU budget; `make demo` sets its own (`DEMO_FLAGS`)."""
 
-    dataset: str = field(default="beauty", metadata={"help": "Dataset name (beauty, movielens) or a data folder."})
+    dataset: str = field(
+        default="beauty",
+        metadata={"help": "Dataset name (beauty, sports, movielens) or a folder (S3Rec, LLaRA, RecBole, ...)."},
+    )
     output_dir: str = field(default="outputs/speeder-beauty", metadata={"help": "Where the model and results go."})
     llm: str = field(default="smollm2", metadata={"help": "'smollm2' (offline default) or a local folder / Hub id."})
     llm_layers: int | None = field(
@@ -170,6 +173,11 @@ def build_catalog(rec: RecDataset, split, args: FinetuneArguments) -> tuple[Item
             "seed": args.seed,
         }
         train_seqs = training_sequences(rec, seed=args.seed)
+        if not train_seqs:
+            raise ValueError(
+                f"Dataset {rec.name!r} has no training sequences for SASRec (a LLaRA folder needs train_data.jsonl); "
+                "drop 'id' from --modalities to build a catalog without it."
+            )
         sasrec, best_epoch = cached_sasrec(train_seqs, rec.num_items, split["validation"], settings, args.cache_dir)
         feature_model, feature_seqs = sasrec, train_seqs
         if args.training_targets == "held_out":
@@ -298,6 +306,8 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     rec = load_named_dataset(args.dataset)
     split = make_split(rec, num_candidates=args.num_candidates, seed=args.seed, max_history_len=args.max_history_len)
     logger.info("%s: %s", rec.name, rec.statistics())
+    if not len(split["train"]):  # checked before minutes of feature encoding
+        raise ValueError(f"Dataset {rec.name!r} gives no training sample (a LLaRA folder needs train_data.jsonl).")
 
     catalog, sasrec, held_out = build_catalog(rec, split, args)
     if args.collaborative_prior != "none" and sasrec is None:

@@ -5,8 +5,10 @@
 - `sports`: Amazon Sports_and_Outdoors (keywords as text, no titles) from the shared data folder.
 - `movielens` (alias `ml-100k`): MovieLens-100K with posters as images, from the shared data folder only (its terms
   forbid redistribution, so it is never copied into the project).
-- any folder: a `RecDataset.save` output (`rec_dataset.json`), or one S3Rec sequence file `*.txt[.gz]` with an
-  optional `items.jsonl[.gz]` beside it.
+- any folder: a `RecDataset.save` output (`rec_dataset.json`); LLaRA's windows (`train_data.jsonl`,
+  `Val_data.jsonl`, `Test_data.jsonl`, with `id2name.txt` or `u.item`; its own split, see `load_llara`); RecBole
+  atomic files (`<name>.inter`, optional `<name>.item`); or one S3Rec sequence file `*.txt[.gz]` with an optional
+  `items.jsonl[.gz]` beside it. A RecBole `.inter` file may also be named directly.
 
 The shared data folder is `$SPEEDER_HF_DATA` when set, else `shared/data` beside the checkout.
 """
@@ -19,8 +21,10 @@ from importlib import resources
 from pathlib import Path
 
 from .images import attach_images
+from .llara import is_llara_folder, load_llara
 from .movielens import load_movielens, movielens_posters
 from .rec_dataset import RecDataset
+from .recbole import INTER_SUFFIX, load_recbole, recbole_inter_file
 from .s3rec import load_s3rec
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # the checkout, for an editable install
@@ -64,13 +68,21 @@ def load_dataset_by_name(name: str) -> RecDataset:
         posters = shared / "movielens_posters" / "ml100k_to_ml1m_posters.tsv"
         return attach_images(rec, movielens_posters(posters)) if posters.is_file() else rec
     folder = Path(name)
+    if folder.is_file() and folder.suffix == INTER_SUFFIX:
+        return load_recbole(folder)
     if (folder / "rec_dataset.json").is_file():
         return RecDataset.load(folder)
+    if is_llara_folder(folder):
+        return load_llara(folder)
+    inter = recbole_inter_file(folder)
+    if inter is not None:
+        return load_recbole(inter)
     found = _s3rec_files(folder) if folder.is_dir() else None
     if found:
         return load_s3rec(*found)
     raise FileNotFoundError(
-        f"Unknown dataset {name!r}: not one of {NAMES}, nor a folder holding rec_dataset.json or an S3Rec *.txt file."
+        f"Unknown dataset {name!r}: not one of {NAMES}, nor a folder holding rec_dataset.json, LLaRA's "
+        "*_data.jsonl files, a RecBole *.inter file or an S3Rec *.txt file."
     )
 
 
