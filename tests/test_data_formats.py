@@ -113,13 +113,15 @@ def test_llara_folder_windows_split_and_padding(tmp_path, pairs):
     assert training_sequences(rec, holdout=1)["train_data-0"] == [0, 1, 2]
 
 
-def test_llara_min_history_and_files_present(tmp_path):
+def test_llara_min_history_and_files_present(tmp_path, caplog):
     folder = llara_folder(tmp_path / "toy")
     assert "train_data-2" in load_llara(folder, min_history=2).sequences["user_id"][:]
     (folder / "train_data.jsonl").unlink()  # the shared folders have no training file: evaluation only
+    (folder / "train_data.df").write_bytes(b"\x80\x04not read")
     rec = load_llara(folder)
     assert set(rec.sequences["split"][:]) == {"validation", "test"} and not len(make_split(rec)["train"])
     assert training_sequences(rec) == {}
+    assert "train_data.df is not read (a pickle); convert it to train_data.jsonl" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,10 @@ def load_llara(folder: str | Path, name: str | None = None, min_history: int = L
             else ""
         )
         raise FileNotFoundError(f"{folder} holds none of {list(LLARA_FILES.values())}{hint}.")
+    for file in LLARA_FILES.values():
+        pickle = (folder / file).with_suffix(".df")
+        if pickle.is_file() and not (folder / file).is_file():
+            logger.warning("%s is not read (a pickle); convert it to %s as docs/data-formats.md shows", pickle, file)
     catalog = _read_titles(folder)
     item_of = {llara_id: item_id for llara_id, item_id, _ in catalog}
     padding = catalog[-1][0] + 1
