@@ -17,6 +17,7 @@ from huggingface_hub import ModelCard
 from test_pipeline import NUM_ITEMS, tiny_catalog, tiny_sasrec
 
 import speeder_hf.pipeline_speeder  # noqa: F401  (registers the task)
+from speeder_hf.app import RecommenderDemo, load_examples
 from speeder_hf.evaluation import evaluate_ranking
 from speeder_hf.export import save_pretrained_bundle
 from speeder_hf.hub import HUB_PIPELINE_TAG, build_model_card, card_examples, dataset_info, publish, publish_folder
@@ -103,16 +104,22 @@ def test_card_claims_no_task_the_hub_widget_would_fail_to_run(card):
     assert "custom_code" in data.tags
 
 
-def test_card_examples_are_the_models_real_recommendations(card, saved):
+def test_card_examples_are_the_models_real_recommendations_and_the_apps(card, saved):
     directory, results = saved[3], saved[4]
     section = card.text[card.text.index("### Example recommendations") : card.text.index("## Training")]
     recommender = Recommender.from_pretrained(str(directory))
+    demo = RecommenderDemo.from_pretrained(directory)
+    # One home for the examples: the results saved with the model, which the app reads back.
+    assert demo.examples == results["examples"] == load_examples(directory)
     for example in results["examples"]:
         (ranking,) = recommender.recommend([example["history"]], top_k=5)
         user = section[section.index(f"**User {example['user_id']}**") :].split("The true next item")[0]
         assert "; ".join(tiny_catalog().titles[int(i[1:])] for i in example["history"]) in user
         for rank, item in enumerate(ranking, 1):
             assert f"{rank}. {item['title']} (id {item['item_id']}, score {item['score']:.3f})" in user
+        # The app's ranking for that example user is the card's.
+        shown = re.findall(r'<tr data-item-id="([^"]+)"', demo.recommend(example["history"])[1])
+        assert shown[:5] == [item["item_id"] for item in ranking]
 
 
 def test_card_links_the_web_demo(card, saved, caplog):
