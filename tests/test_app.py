@@ -9,6 +9,7 @@ import runpy
 import shutil
 import socket
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,36 @@ def test_app_command(saved_model, monkeypatch, capsys):
 
 
 # ----- in a real browser ------------------------------------------------------------------------------------------
+def require_chromedriver() -> str:
+    """The path of `chromedriver`, else `missing` (a skip here, a failure under CI, whose .ci/run installs it)."""
+    chromedriver = shutil.which("chromedriver")
+    if chromedriver is None:
+        missing(f"no chromedriver on PATH, so no browser to drive: {CHROME}")
+    return chromedriver
+
+
+def test_no_browser_skips_saying_so_and_fails_in_ci(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no chromedriver on PATH.*apt-get install chromium"):
+        require_chromedriver()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no chromedriver on PATH.*CI must run this test"):
+        require_chromedriver()
+
+
+def test_ci_installs_the_browser_and_the_extras_pin_the_tested_versions():
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert project["app"] == ["gradio>=6.31,<7"]
+    assert {"gradio>=6.31,<7", "selenium>=4.20"} <= set(project["dev"]) and "selenium>=4.20" in project["test"]
+    pins = (root / "constraints-ci.txt").read_text().split()
+    assert {"gradio==6.31.0", "selenium==4.51.0"} <= set(pins)
+    ci = (root / ".ci" / "run").read_text()
+    assert "apt-get install -y -qq chromium chromium-driver" in ci
+    assert ci.index("chromium-driver") < ci.index("make test")
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -181,9 +212,7 @@ def test_in_a_headless_browser(demo, saved_model, tmp_path_factory, capsys):
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    chromedriver = shutil.which("chromedriver")
-    if chromedriver is None:
-        missing(f"no chromedriver on PATH, so no browser to drive: {CHROME}")
+    chromedriver = require_chromedriver()
 
     port = _free_port()
     page = demo.build()
