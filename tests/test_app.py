@@ -205,6 +205,10 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+# Gradio 6.31's queue still passes pandas options that pandas 3 deprecates: noise from the server, not this code.
+@pytest.mark.filterwarnings(
+    "ignore:'future.no_silent_downcasting' is deprecated", "ignore:The copy keyword is deprecated"
+)
 def test_in_a_headless_browser(demo, saved_model, tmp_path_factory, capsys):
     require_module("gradio", GRADIO)
     webdriver = require_module("selenium.webdriver", "pip install selenium; `make install` installs it")
