@@ -29,6 +29,7 @@ SUBCOMMANDS = {
     "recommend": "--history",
     "card": "--eval-results",
     "push": "--repo-id",
+    "app": "--model-dir",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 from dataclasses import asdict
@@ -10,14 +11,16 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import transformers
 from conftest import run_fresh_python, tiny_speeder
 from huggingface_hub import ModelCard
 from test_pipeline import NUM_ITEMS, tiny_catalog, tiny_sasrec
 
 import speeder_hf.pipeline_speeder  # noqa: F401  (registers the task)
+from speeder_hf.app import RecommenderDemo, load_examples
 from speeder_hf.evaluation import evaluate_ranking
 from speeder_hf.export import save_pretrained_bundle
-from speeder_hf.hub import build_model_card, card_examples, dataset_info, publish, publish_folder
+from speeder_hf.hub import HUB_PIPELINE_TAG, build_model_card, card_examples, dataset_info, publish, publish_folder
 from speeder_hf.mpo import default_stages
 from speeder_hf.recommend import Recommender
 
@@ -72,7 +75,7 @@ def test_card_metadata_parses_back_with_the_given_results(card, saved):
     results = saved[4]
     data = ModelCard(str(card)).data
     assert data.library_name == "transformers"
-    assert data.pipeline_tag == "text-generation"
+    assert data.pipeline_tag == "other"
     assert data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert data.datasets == ["amazon-beauty-2014-5core"]
     assert data.license == "apache-2.0"
@@ -91,18 +94,46 @@ def test_card_has_no_template_text_left(card):
     assert not re.search(r"\{\{|\}\}|\{%|More Information Needed|TODO|TBD|lorem", content, flags=re.IGNORECASE)
 
 
-def test_widget_outputs_are_the_models_real_recommendations(card, saved):
+def test_card_claims_no_task_the_hub_widget_would_fail_to_run(card):
+    # The Hub's widget runs no custom code and knows no recommendation task: a transformers task (text-generation,
+    # say) would show a widget that fails on this model, so the card says "other" and has no widget examples.
+    data = ModelCard(str(card)).data
+    assert data.pipeline_tag == HUB_PIPELINE_TAG == "other"
+    assert data.pipeline_tag not in transformers.pipelines.SUPPORTED_TASKS
+    assert "widget" not in data.to_dict()
+    assert "custom_code" in data.tags
+
+
+def test_card_examples_are_the_models_real_recommendations_and_the_apps(card, saved):
     directory, results = saved[3], saved[4]
-    widget = ModelCard(str(card)).data.widget
-    assert [w["example_title"] for w in widget] == ["User u0", "User u1"]
+    section = card.text[card.text.index("### Example recommendations") : card.text.index("## Training")]
     recommender = Recommender.from_pretrained(str(directory))
-    for entry, example in zip(widget, results["examples"]):
+    demo = RecommenderDemo.from_pretrained(directory)
+    # One home for the examples: the results saved with the model, which the app reads back.
+    assert demo.examples == results["examples"] == load_examples(directory)
+    for example in results["examples"]:
         (ranking,) = recommender.recommend([example["history"]], top_k=5)
-        lines = entry["output"]["text"].splitlines()
-        assert len(lines) == 5
-        for line, item in zip(lines, ranking):
-            assert f"(id {item['item_id']}, score {item['score']:.3f})" in line
-        assert entry["text"].endswith(" | ".join(tiny_catalog().titles[int(i[1:])] for i in example["history"]))
+        user = section[section.index(f"**User {example['user_id']}**") :].split("The true next item")[0]
+        assert "; ".join(tiny_catalog().titles[int(i[1:])] for i in example["history"]) in user
+        for rank, item in enumerate(ranking, 1):
+            assert f"{rank}. {item['title']} (id {item['item_id']}, score {item['score']:.3f})" in user
+        # The app's ranking for that example user is the card's.
+        shown = re.findall(r'<tr data-item-id="([^"]+)"', demo.recommend(example["history"])[1])
+        assert shown[:5] == [item["item_id"] for item in ranking]
+
+
+def test_card_links_the_web_demo(card, saved, caplog):
+    section = card.text[card.text.index("## Web demo") : card.text.index("## Usage")]
+    assert '`pip install "speeder_hf[app]"` and `speeder-hf app --model-dir someone/speeder-tiny`' in section
+    assert "huggingface.co/spaces" not in section
+    directory, results = saved[3], saved[4]
+    with_space = build_model_card(directory, results, repo_id="someone/speeder-tiny", space_id="someone/demo")
+    assert "(https://huggingface.co/spaces/someone/demo)" in with_space.text
+    # The app shows the examples saved with the model: a card built from other examples says so.
+    changed = {**results, "examples": results["examples"][:1]}
+    with caplog.at_level(logging.WARNING, logger="speeder_hf.hub"):
+        build_model_card(directory, changed)
+    assert "differ from those in" in caplog.text and "which the web demo shows" in caplog.text
 
 
 def test_card_training_and_citation_sections(card):

@@ -7,6 +7,7 @@
     speeder-hf card --model-dir outputs/speeder-beauty --eval-results outputs/speeder-beauty/eval_results.json \\
         --out model_cards/speeder-beauty.md
     speeder-hf push --model-dir outputs/speeder-beauty --repo-id me/speeder-beauty
+    speeder-hf app --model-dir outputs/speeder-beauty                     # the web demo (extra [app])
 
 Bad input (a malformed data line, an unknown item, a missing file, a wrong flag value) is answered with one line on
 stderr, which names the file and line, the item or the flag, and exit code 2; `--verbose` adds the traceback.
@@ -150,7 +151,12 @@ def card_command(args: argparse.Namespace) -> None:
     from .hub import build_model_card
 
     card = build_model_card(
-        args.model_dir, args.eval_results, repo_id=args.repo_id, license=args.license, template_path=args.template
+        args.model_dir,
+        args.eval_results,
+        repo_id=args.repo_id,
+        license=args.license,
+        template_path=args.template,
+        space_id=args.space_id,
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     card.save(args.out)
@@ -164,9 +170,24 @@ def push_command(args: argparse.Namespace) -> None:
 
     card = ModelCard.load(args.card) if args.card else None
     url = publish_folder(
-        args.model_dir, args.repo_id, card=card, eval_results=args.eval_results, private=args.private or None
+        args.model_dir,
+        args.repo_id,
+        card=card,
+        eval_results=args.eval_results,
+        private=args.private or None,
+        space_id=args.space_id,
     )
     print(f"Published {args.model_dir} to {args.repo_id}: {url}")
+
+
+def app_command(args: argparse.Namespace) -> None:
+    from .app import launch
+
+    try:
+        launch(args.model_dir, args.catalog, host=args.host, port=args.port, share=args.share)
+    except ImportError as error:  # the optional extra is missing: say how to install it, in one line
+        print(f"speeder-hf app: error: {error}", file=sys.stderr)
+        raise SystemExit(INPUT_ERROR_EXIT_CODE) from None
 
 
 # ----- parser --------------------------------------------------------------------------------------------------
@@ -233,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--repo-id", help="Hub id used in the usage snippets (default: the directory name).")
     card.add_argument("--license", default="apache-2.0")
     card.add_argument("--template", help="A Jinja card template (default: the package's model_card_template.md).")
+    card.add_argument("--space-id", help="The Hub Space serving the model's web demo, linked from the card.")
     card.set_defaults(handler=card_command)
 
     push = commands.add_parser(
@@ -245,7 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--eval-results", help="Default: <model-dir>/eval_results.json.")
     push.add_argument("--card", help="Upload this card instead of generating one.")
     push.add_argument("--private", action="store_true")
+    push.add_argument("--space-id", help="The Hub Space serving the model's web demo, linked from the card.")
     push.set_defaults(handler=push_command)
+
+    app = commands.add_parser(
+        "app",
+        help="Serve the web demo of a saved model (Gradio; needs the [app] extra).",
+        description="Pick a history by title, see the reranked recommendations beside the retriever's order.",
+    )
+    app.add_argument("--model-dir", required=True, help="A saved model directory or Hub repo id.")
+    app.add_argument("--catalog", help="The model's catalog folder (build-catalog --out), for the items' images.")
+    app.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0: reachable from others).")
+    app.add_argument("--port", type=int, default=None, help="Port (default: Gradio's, 7860 or the next free one).")
+    app.add_argument("--share", action="store_true", help="Also open a temporary public gradio.live link.")
+    app.set_defaults(handler=app_command)
     return parser
 
 

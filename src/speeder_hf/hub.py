@@ -2,14 +2,16 @@
 
 - [`build_model_card`] fills the card template (`speeder_hf/model_card_template.md`, shipped as package data) from a
   saved model directory and its evaluation results: the Hub metadata (library_name, pipeline_tag, base_model,
-  datasets, tags, license, a `model-index` with the measured metrics, widget examples whose outputs are the model's
-  real recommendations), a usage snippet, training details, limitations and citations.
+  datasets, tags, license, a `model-index` with the measured metrics), example recommendations (the model's real
+  output for the example users, which the web demo `speeder_hf.app` offers too), how to run the demo, a usage
+  snippet, training details, limitations and citations.
 - [`publish`] / [`publish_folder`]: `save_pretrained_bundle` -> card -> `HfApi().upload_folder`. The card is written
   last and uploaded with the files: `push_to_hub` would replace README.md with an auto-generated stub.
 
 The evaluation results file is the JSON that `speeder_hf.finetune.run_finetune` writes (`eval_results.json`):
 `dataset`, `split`, `metrics` (the output of `evaluate_ranking`), `mpo_stages`, `train_samples_seen`,
-`train_seconds`, `wall_seconds`, `machine`, `command`, `arguments`, and `examples` (see [`card_examples`]);
+`train_seconds`, `wall_seconds`, `machine`, `command`, `arguments`, and `examples` (see [`card_examples`]: the
+example users of both the card and the web demo);
 optionally `baselines` (`{name: metrics}` on the same users and candidates) and `base_model`.
 """
 
@@ -36,6 +38,15 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE: Traversable = resources.files(__package__) / "model_card_template.md"  # package data
 PIPELINE_TASK = "sequential-recommendation"
+# The card's `pipeline_tag`. The Hub's task list has no recommendation task, and its inference widget never runs a
+# model's custom code, so any real task here ("text-generation", say) would promise a widget that fails on this model
+# and list it among models it does not belong with. "other" is the Hub's tag for models outside its tasks: it claims
+# no widget, and set explicitly it keeps the Hub from guessing a task from config.json (whose auto_map names
+# AutoModelForCausalLM). The web demo (`speeder_hf.app`) is where the model runs in a browser.
+HUB_PIPELINE_TAG = "other"
+# The evaluation results saved beside a trained model (`run_finetune` writes it, `publish_folder` uploads it): the
+# card's metrics and example users, and the web demo's example users, come from it.
+RESULTS_FILE = "eval_results.json"
 TAGS = ["recommendation", "sequential-recommendation", "multimodal", "speeder", "custom_code"]
 # Metrics put in the model-index, in this order (others from `evaluate_ranking` stay in the card's table only).
 INDEX_METRICS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
@@ -223,11 +234,9 @@ def _title(catalog: ItemCatalog, item_id: str) -> str:
     return title if title else f"item {item_id}"
 
 
-def _examples(
-    examples: list[dict[str, Any]], recommendations: list[list[dict]], catalog: ItemCatalog
-) -> tuple[str, list[dict[str, Any]]]:
-    """The card's example section and the widget entries (static outputs)."""
-    sections, widget = [], []
+def _examples(examples: list[dict[str, Any]], recommendations: list[list[dict]], catalog: ItemCatalog) -> str:
+    """The card's example section: each example user's history and the model's ranking for it."""
+    sections = []
     for example, recs in zip(examples, recommendations):
         history = [_title(catalog, i) for i in example["history"]]
         shown = history if len(history) <= 8 else ["…", *history[-8:]]
@@ -245,14 +254,31 @@ def _examples(
             + "\n".join(f"    {line}" for line in ranked)
             + f"\n\nThe true next item was *{truth}* (id {example['target']}): {verdict}.\n"
         )
-        widget.append(
-            {
-                "text": "History (oldest first): " + " | ".join(history),
-                "example_title": f"User {example['user_id']}",
-                "output": {"text": "\n".join(ranked)},
-            }
+    return "\n".join(sections)
+
+
+def _app_section(repo_id: str, space_id: str | None) -> str:
+    """How to open the web demo (`speeder_hf.app`): the Space, when there is one, and the local command."""
+    local = (
+        f'Run it on your machine with `pip install "speeder_hf[app]"` and `speeder-hf app --model-dir {repo_id}`. '
+        "Its example users are the ones below."
+    )
+    if not space_id:
+        return f"The web demo picks a history by title and shows the ranked recommendations. {local}"
+    return (
+        f"**[Try the model in its web demo](https://huggingface.co/spaces/{space_id})**: pick a history by title and "
+        f"see the ranked recommendations. {local}"
+    )
+
+
+def _check_app_examples(model_dir: Path, examples: list[dict[str, Any]], source: str) -> None:
+    """Warns when the results saved beside the model, whose example users the web demo shows, hold other examples
+    than the card's."""
+    saved = model_dir / RESULTS_FILE
+    if saved.is_file() and json.loads(saved.read_text()).get("examples") != examples:
+        logger.warning(
+            "The card's examples (from %s) differ from those in %s, which the web demo shows.", source, saved
         )
-    return "\n".join(sections), widget
 
 
 def _limitations(
@@ -302,8 +328,8 @@ def _limitations(
         )
     points += [
         "This is a reconstruction of Speeder from the paper's abstract and the LLaRA code base, not the authors' code.",
-        "The model needs custom code. The Hub cannot run it for inference, so the widget outputs are static "
-        "(computed when this card was made).",
+        "The model needs custom code, which the Hub's inference widget does not run: the card claims no widget "
+        "task (pipeline_tag `other`), and the web demo above is where the model runs in a browser.",
         f"Data terms: {info.terms}",
     ]
     return "\n".join(f"- {p}" for p in points)
@@ -315,10 +341,11 @@ def build_model_card(
     repo_id: str | None = None,
     license: str = "apache-2.0",
     template_path: str | Path | None = None,
+    space_id: str | None = None,
 ) -> ModelCard:
     """The model card of a directory saved by `save_pretrained_bundle`, filled from its evaluation results.
 
-    The widget outputs and example recommendations are computed here, by running the saved model on the `examples`
+    The example recommendations are computed here, by running the saved model on the `examples`
     of the results file.
 
     Args:
@@ -327,6 +354,7 @@ def build_model_card(
         repo_id: the Hub id used in the usage snippets; defaults to the directory name.
         license: the license of the model weights.
         template_path: a Jinja template; defaults to the package's `model_card_template.md`.
+        space_id: the Hub Space that serves this model's web demo (`speeder_hf.app`), linked from the card.
 
     Raises:
         ValueError: the results lack a required field, or name an unknown dataset or backbone.
@@ -357,8 +385,9 @@ def build_model_card(
     has_sasrec = (model_dir / SASREC_DIR / "config.json").is_file()
 
     examples = results["examples"]
+    _check_app_examples(model_dir, examples, source)
     recommendations = _recommend_examples(model_dir, examples)
-    examples_section, widget = _examples(examples, recommendations, catalog)
+    examples_section = _examples(examples, recommendations, catalog)
 
     eval_entries = [
         EvalResult(
@@ -377,7 +406,7 @@ def build_model_card(
     ]
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="text-generation",
+        pipeline_tag=HUB_PIPELINE_TAG,
         base_model=base_model,
         datasets=[info.slug],
         language=["en"],
@@ -385,7 +414,6 @@ def build_model_card(
         tags=TAGS,
         model_name=model_name,
         eval_results=eval_entries,
-        widget=widget,
     )
 
     history_ids = json.dumps(examples[0]["history"][-5:])
@@ -503,6 +531,7 @@ def build_model_card(
         baselines_section=_baselines_section(results, model_name),
         history_section=_history_section(metrics),
         examples_section=examples_section,
+        app_section=_app_section(repo_id, space_id),
         training_intro=(
             "Training used MPO: each stage is its own `Trainer.train()`, with a fresh optimizer over exactly the "
             "parameter groups listed. Its active modalities are model state that `forward` reads."
@@ -572,25 +601,28 @@ def publish_folder(
     private: bool | None = None,
     token: str | None = None,
     commit_message: str = "Upload Speeder model",
+    space_id: str | None = None,
 ) -> str:
     """Publishes a directory saved by `save_pretrained_bundle`. Without `card`, one is built with
-    [`build_model_card`] from `eval_results` (default `<model_dir>/eval_results.json`) and the real `repo_id`;
-    it is written to `<model_dir>/README.md` before the upload.
+    [`build_model_card`] from `eval_results` (default `<model_dir>/eval_results.json`), the real `repo_id` and
+    the demo's `space_id`; it is written to `<model_dir>/README.md` before the upload.
 
     Returns:
         The URL of the commit.
     """
     model_dir = Path(model_dir)
     if card is None:
-        eval_results = Path(eval_results) if eval_results is not None else model_dir / "eval_results.json"
-        card = build_model_card(model_dir, eval_results, repo_id=repo_id)
+        eval_results = Path(eval_results) if eval_results is not None else model_dir / RESULTS_FILE
+        card = build_model_card(model_dir, eval_results, repo_id=repo_id, space_id=space_id)
     card.save(model_dir / "README.md")
     return _upload(model_dir, repo_id, private, token, commit_message)
 
 
 __all__ = [
     "DEFAULT_TEMPLATE",
+    "HUB_PIPELINE_TAG",
     "KNOWN_DATASETS",
+    "RESULTS_FILE",
     "DatasetInfo",
     "build_model_card",
     "card_examples",
