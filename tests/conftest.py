@@ -59,13 +59,17 @@ def require_module(name: str, install: str | None = None) -> ModuleType:
 
 def require_shared_data(*relative: str) -> Path:
     """The shared data folder (`$SPEEDER_HF_DATA`, else `shared/data` beside the checkout) after checking that the
-    given paths exist in it, else skips naming the first one that is absent. The folder lives outside the repository
-    (its data may not be redistributed), so a clean clone can lack it even in CI: this skip is a plain one, and
-    `make test` lists every skip with its reason (`-rs`)."""
+    given paths exist in it. A path that is absent skips the test, naming it; under `CI=true` with
+    `SPEEDER_HF_DATA` set, it fails instead, since the run said where the data are. The default folder lives outside
+    the repository (its data may not be redistributed), so a clean clone can lack it: without `SPEEDER_HF_DATA`
+    its absence stays a skip, and `make test` lists every skip with its reason (`-rs`)."""
     root = shared_data_dir()
     for part in relative:
         if not (root / part).exists():
-            pytest.skip(f"{root / part} is not present (the shared data folder; set SPEEDER_HF_DATA to point at it)")
+            reason = f"{root / part} is not present (the shared data folder; set SPEEDER_HF_DATA to point at it)"
+            if in_ci() and os.environ.get("SPEEDER_HF_DATA"):
+                pytest.fail(f"{reason}: CI was told SPEEDER_HF_DATA={os.environ['SPEEDER_HF_DATA']}", pytrace=False)
+            pytest.skip(reason)
     return root
 
 

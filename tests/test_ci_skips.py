@@ -19,18 +19,27 @@ def test_ci_flag(value, expected, monkeypatch):
     assert in_ci() is False
 
 
-def test_missing_shared_data_skips_even_in_ci_and_names_the_path(tmp_path, monkeypatch):
-    # The shared data live outside the repository, so a clean clone may lack them: a plain skip, listed by -rs.
+def test_missing_shared_data_skips_locally_fails_in_ci_and_names_the_path(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEEDER_HF_DATA", str(tmp_path / "nowhere"))
-    for ci in ("", "true"):
-        monkeypatch.setenv("CI", ci)
-        with pytest.raises(SKIPPED, match=r"nowhere/beauty/Beauty\.txt is not present.*SPEEDER_HF_DATA"):
-            require_shared_data("beauty/Beauty.txt")
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(SKIPPED, match=r"nowhere/beauty/Beauty\.txt is not present.*SPEEDER_HF_DATA"):
+        require_shared_data("beauty/Beauty.txt")
+    monkeypatch.setenv("CI", "true")  # CI was told where the data are: their absence is a failure
+    with pytest.raises(FAILED, match=r"nowhere/beauty/Beauty\.txt is not present.*CI was told SPEEDER_HF_DATA="):
+        require_shared_data("beauty/Beauty.txt")
     (tmp_path / "nowhere" / "beauty").mkdir(parents=True)
     (tmp_path / "nowhere" / "beauty" / "Beauty.txt").write_text("1 1 2\n")
-    assert require_shared_data("beauty/Beauty.txt") == tmp_path / "nowhere"  # present: no skip
-    with pytest.raises(SKIPPED, match=r"nowhere/sports is not present"):  # the first absent path is named
+    assert require_shared_data("beauty/Beauty.txt") == tmp_path / "nowhere"  # present: neither
+    with pytest.raises(FAILED, match=r"nowhere/sports is not present"):  # the first absent path is named
         require_shared_data("beauty/Beauty.txt", "sports")
+
+
+def test_default_shared_data_folder_absent_stays_a_skip_in_ci(monkeypatch):
+    # Without SPEEDER_HF_DATA the folder beside a clean clone may be absent: a plain skip, listed by -rs.
+    monkeypatch.delenv("SPEEDER_HF_DATA", raising=False)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(SKIPPED, match=r"no_such_folder is not present"):
+        require_shared_data("no_such_folder")
 
 
 def test_missing_module_skips_locally_and_fails_in_ci(monkeypatch):

@@ -11,7 +11,7 @@ from conftest import require_package
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
 from speeder_hf import SpeederDataCollator, SpeederForSequentialRec, Stage, evaluate_ranking, run_mpo
-from speeder_hf.backbones import load_llm, resolve_llm
+from speeder_hf.backbones import load_llm, resolve_llm, smollm2_path
 from speeder_hf.catalog import ItemCatalog
 from speeder_hf.data import CandidateSamplingDataset, RecDataset, make_split, training_sequences
 from speeder_hf.data.named import load_dataset_by_name
@@ -93,3 +93,31 @@ def test_smollm2_layer_cut_loads_the_first_layers_quietly(caplog):
     assert torch.equal(cut.lm_head.weight, full.lm_head.weight)
     assert "kept the first 6 of 30 transformer layers" in caplog.text
     assert "LOAD REPORT" not in caplog.text and "did not load" not in caplog.text
+
+
+PASSAGE = (
+    "The cat sat on the mat and looked out of the window. It was a sunny day, and the birds were singing in the "
+    "trees. After a while, the cat closed its eyes and fell asleep in the warm afternoon light."
+)
+
+
+def test_the_converted_smollm2_is_a_working_language_model(tmp_path, monkeypatch, two_torch_threads):
+    # A fresh cache, so the GGUF -> HF conversion itself runs here (not a folder converted by an older version).
+    monkeypatch.setenv("SPEEDER_HF_CACHE", str(tmp_path))
+    path = smollm2_path()
+    assert path.parent == tmp_path
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    llm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = tokenizer(PASSAGE, return_tensors="pt").input_ids
+    with torch.no_grad():
+        perplexity = llm(ids, labels=ids).loss.exp().item()
+    # Measured 11.7 (a randomly initialised SmolLM2: about 54,000); a broken de-quantisation lands far above 25.
+    assert perplexity < 25, perplexity
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    new = llm.generate(**prompt, max_new_tokens=12, do_sample=False)[0, prompt["input_ids"].shape[1] :]
+    assert tokenizer.decode(new, skip_special_tokens=True) == "The capital of France is Paris."
