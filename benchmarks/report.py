@@ -5,6 +5,7 @@ marked as met or missed. Its first table, the headline, is also the README's res
 
     python benchmarks/report.py              # writes docs/RESULTS.md
     python benchmarks/report.py --headline   # prints only the headline table, for the README
+    python benchmarks/report.py --check      # exits 1 if docs/RESULTS.md differs from what the results render
 """
 
 from __future__ import annotations
@@ -450,12 +451,18 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--out", type=Path, default=RESULTS_MD)
     parser.add_argument("--headline", action="store_true", help="print only the headline table (the README's)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if --out differs from the rendered page")
     args = parser.parse_args(argv)
     if args.headline:
         text = "\n".join(headline(args.results_dir.resolve())) + "\n"
         print(text, end="")
         return text
     page = render(args.results_dir.resolve(), args.out.resolve())
+    if args.check:
+        if not args.out.is_file() or args.out.read_text() != page:
+            raise SystemExit(f"{args.out} differs from the results in {args.results_dir}: run `python {__file__}`.")
+        print(f"{args.out} is up to date")
+        return page
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(page)
     print(f"wrote {args.out}")

@@ -117,3 +117,11 @@ def test_build_your_own_runs_with_tiny_models(tmp_path, monkeypatch):
     ]
     (ranking,) = Recommender.from_pretrained(str(saved)).recommend([["i1", "i2", "i3"]], top_k=3)
     assert len(ranking) == 3 and not {r["item_id"] for r in ranking} & {"i1", "i2", "i3"}
+
+
+def test_results_page_is_what_the_committed_results_render():
+    # docs/RESULTS.md is generated: a hand edit, or a result file committed without regenerating it, fails here.
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "report.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr or result.stdout
