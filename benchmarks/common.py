@@ -126,7 +126,8 @@ def load_bench_data(directory: Path, name: str | None = None) -> BenchData:
         )
     untitled = [row for row, title in enumerate(catalog.titles) if not (title and title.strip())]
     for row in untitled:
-        catalog.titles[row] = f"Item {catalog.item_ids[row]}"
+        # The S3Rec number, not the ASIN: the committed results' title prompts were written with it.
+        catalog.titles[row] = f"Item {row + 1}"
     spatial = tensors["spatial"].astype(np.float32) if "spatial" in tensors else None
     sasrec, held_out = (_load_sasrec(directory / folder, rec.num_items) for folder in (SASREC_FOLDER, HELD_OUT_FOLDER))
     info["untitled_items"] = len(untitled)

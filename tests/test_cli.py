@@ -229,6 +229,22 @@ def test_evaluate_refuses_another_dataset(trained, tmp_path):
         main(["evaluate", "--model-dir", str(trained), "--dataset", str(other)])
 
 
+def test_a_model_saved_with_numbered_items_names_its_ids_when_asked_for_asins(trained, tiny_data, tmp_path, capsys):
+    # The tiny data has no ASINs, so its model names items by number, as Beauty models saved before ASINs did.
+    assert main(["recommend", "--model-dir", str(trained), "--history", "B0001"]) == 2
+    first = ", ".join(repr(i) for i in ItemCatalog.load(trained).item_ids[:3])
+    assert f"whose ids are like {first} (" in _one_error_line(capsys)
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    shutil.copy(tiny_data / "data" / "tiny.txt", renamed)
+    records = [json.loads(line) for line in (tiny_data / "data" / "items.jsonl").read_text().splitlines()]
+    (renamed / "items.jsonl").write_text(
+        "".join(json.dumps({**r, "asin": f"B{r['item_id']:04d}"}) + "\n" for r in records)
+    )
+    with pytest.raises(SystemExit, match=rf"the same items under other ids \(the model's {first}, the dataset's 'B"):
+        main(["evaluate", "--model-dir", str(trained), "--dataset", str(renamed)])
+
+
 def test_build_catalog(tiny_data, tmp_path, capsys):
     out = tmp_path / "catalog"
     main(

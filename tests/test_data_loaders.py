@@ -59,6 +59,32 @@ def test_s3rec_sequences_metadata_and_order(tmp_path):
     assert not rec.has_timestamps
 
 
+def test_s3rec_names_items_by_their_dataset_id_in_the_same_rows(tmp_path):
+    seq = write(tmp_path / "Toy.txt", ["1 1 2 3", "2 3 10"])
+    records = [{"item_id": n, "asin": f"B00{n}", "title": f"item {n}"} for n in (1, 2, 3, 10, 99)]
+    items = write(tmp_path / "items.jsonl", [json.dumps(r) for r in records])
+    rec = load_s3rec(seq, items)
+    # ASINs name the items; the rows stay in the sequence file's numeric order.
+    assert rec.items["item_id"][:] == ["B001", "B002", "B003", "B0010"]
+    assert rec.items["title"][:] == ["item 1", "item 2", "item 3", "item 10"]
+    assert sequences_of(rec) == {"1": ["B001", "B002", "B003"], "2": ["B003", "B0010"]}
+    assert load_s3rec(seq, items, id_field=None).items["item_id"][:] == ["1", "2", "3", "10"]
+
+
+@pytest.mark.parametrize(
+    ("records", "problem"),
+    [
+        ([{"item_id": 1, "asin": "B1"}, {"item_id": 2}], "item 2 of the sequences has none"),
+        ([{"item_id": 1, "asin": "B1"}, {"item_id": 2, "asin": "B1"}], "'B1' of item 2 is also that of item 1"),
+    ],
+)
+def test_s3rec_dataset_ids_must_name_every_item_once(tmp_path, records, problem):
+    seq = write(tmp_path / "Toy.txt", ["1 1 2"])
+    items = write(tmp_path / "items.jsonl", [json.dumps(r) for r in records])
+    with pytest.raises(DataFormatError, match=problem):
+        load_s3rec(seq, items)
+
+
 @pytest.mark.parametrize(
     ("line", "problem"), [("7", "expected 'user_id item_id"), ("7 3 x", "'x' is not a non-negative integer")]
 )
@@ -241,6 +267,7 @@ def test_beauty_statistics_match_sources():
     assert (stats["users"], stats["items"], stats["interactions"]) == (22363, 12101, 198502)
     assert stats["items_with_title"] == 12094
     assert rec.items[0]["title"] == "OPI Nail Lacquer, Simmer and Shimmer, 0.5-Fluid Ounce"
+    assert rec.items[0]["item_id"] == "B004756YJA"  # its ASIN
 
 
 @pytest.mark.slow
@@ -280,3 +307,4 @@ def test_embedded_beauty_is_the_shared_file():
     rec = load_dataset_by_name("beauty")
     assert (rec.num_users, rec.num_items, rec.statistics()["interactions"]) == (22363, 12101, 198502)
     assert rec.items[3]["title"].startswith("WAWO 15 Color")  # SOURCES.md §3 check (c)
+    assert rec.items["item_id"][:2] == ["B004756YJA", "B004ZT0SSG"]  # ASINs, as the README's quickstart names them

@@ -66,7 +66,7 @@ def test_quickstart_runs_against_the_demo_output(tmp_path):
     output = run_fresh_python([str(script)], cwd=REPO).stdout
     ranked = [line for line in output.splitlines() if re.match(r"\d\.\d{3} ", line)]
     assert len(ranked) == 5
-    assert "'item_id': '6'" in output and "'score'" in output
+    assert "'item_id': 'B0009P4PZC'" in output and "'score'" in output  # items keep their ASINs
 
 
 class TinyTextEncoder:

@@ -119,9 +119,19 @@ def evaluate_command(args: argparse.Namespace) -> None:
 
     model, tokenizer, catalog, _ = load_pretrained_bundle(args.model_dir)
     rec = load_named_dataset(args.dataset)
-    if rec.num_items != len(catalog) or rec.items["item_id"][:] != catalog.item_ids:
+    dataset_ids = rec.items["item_id"][:]
+    if rec.num_items != len(catalog) or dataset_ids != catalog.item_ids:
+        renamed = rec.num_items == len(catalog) and rec.items["title"][:] == catalog.titles
         raise SystemExit(
-            f"Dataset {args.dataset!r} does not have the catalog the model in {args.model_dir} was built on."
+            f"Dataset {args.dataset!r} does not have the catalog the model in {args.model_dir} was built on"
+            + (
+                # Same items in the same rows under other ids: a bundle saved before S3Rec data kept its ASINs.
+                f": the same items under other ids (the model's {catalog.example_ids()}, the dataset's "
+                f"{', '.join(map(repr, dataset_ids[:3]))}), as in a model saved before S3Rec data kept its "
+                "ASINs; retrain it to evaluate it here."
+                if renamed
+                else "."
+            )
         )
     rows = _split(rec, model.config, args.seed)[args.split]
     if args.max_samples is not None:

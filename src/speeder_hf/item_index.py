@@ -72,7 +72,15 @@ class ItemIndex:
         if rows:
             ids = [self.item_ids[row] for row in rows]
             raise KeyError(f"Title {item!r} is ambiguous: items {ids} share it; pass an item id instead.")
-        raise KeyError(f"Unknown item {item!r}: neither an item id nor a title in the catalog.")
+        raise KeyError(
+            f"Unknown item {item!r}: neither an item id nor a title in the catalog, whose ids are like "
+            f"{self.example_ids()}."
+        )
+
+    def example_ids(self, n: int = 3) -> str:
+        """The first `n` ids, quoted, for messages: a user who names items in another id scheme (a bundle saved
+        when Beauty items were named by row number, asked for an ASIN) sees which one the catalog uses."""
+        return ", ".join(repr(item_id) for item_id in self.item_ids[:n])
 
     # ----- reading --------------------------------------------------------------------------------------------
     @staticmethod

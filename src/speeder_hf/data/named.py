@@ -10,6 +10,8 @@
   atomic files (`<name>.inter`, optional `<name>.item`); or one S3Rec sequence file `*.txt[.gz]` with an optional
   `items.jsonl[.gz]` beside it. A RecBole `.inter` file may also be named directly.
 
+Amazon items are named by their ASINs and MovieLens items by their movie ids, as the datasets name them.
+
 The shared data folder is `$SPEEDER_HF_DATA` when set, else `shared/data` beside the checkout.
 """
 
