@@ -18,7 +18,7 @@ export TRANSFORMERS_VERBOSITY ?= error
 DEMO_FLAGS ?= --llm_layers 6 --stage_steps 30 --final_stage_steps 270 --batch_size 8 --learning_rate 1e-3 \
 	--max_eval_samples 2000
 
-.PHONY: install test demo lint
+.PHONY: install test demo lint results
 
 $(BIN)/.installed: pyproject.toml constraints-ci.txt Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,7 @@ lint: install
 
 demo: install
 	$(BIN)/python examples/finetune.py --output_dir outputs/speeder-beauty $(DEMO_FLAGS)
+
+# docs/RESULTS.md from the committed benchmarks/results/*.json (the README's table: `--headline`).
+results: install
+	$(BIN)/python -m benchmarks.report

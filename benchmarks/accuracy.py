@@ -4,7 +4,7 @@ training budget, on the same test users, candidates and metric code.
 Every LLM method starts from the same backbone and trains LoRA (same rank, learning rates, batch size) on the same
 training samples (a seeded subset of the leave-one-out training prefixes, each seen once; per-sample training
 candidates are the same for every method). A method with several MPO stages splits those samples over its stages.
-SASRec is trained on all training sequences by `prepare_catalogs.py` (its own protocol) and only evaluated here.
+SASRec is trained on all training sequences by `benchmarks.prepare_catalogs` (its own protocol) and only evaluated here.
 
 Methods: `speeder`, `speeder_no_gate`, `speeder_no_spae`, `speeder_no_mpo`, `speeder_text_only`, `llara`, `text`,
 `mllm` (datasets with images), `sasrec`. Title-answer methods (llara, text, mllm) generate one answer, parsed with
@@ -12,27 +12,26 @@ LLaRA's parser: they have VHR@1, ValidRatio and HR@1 but no ranking, so their HR
 
 Writes `<out>/accuracy.json` after every method (a run that runs out of time keeps what it finished; `--resume`
 skips methods already there), and `accuracy.md` (tables) and `accuracy.png`. Training checkpoints every
-`--save-steps` steps under `--work-dir`, and evaluation saves each batch's outcomes there; after a kill, the same
+`--save_steps` steps under `--work_dir`, and evaluation saves each batch's outcomes there; after a kill, the same
 command with `--resume` continues the interrupted method from its last checkpoint (same settings only) or from its
 last evaluated batch, and its `train_seconds` and `eval_seconds` add up the sittings.
 
-    python benchmarks/prepare_catalogs.py --out outputs/bench_catalogs          # once, on CPU
-    python benchmarks/accuracy.py --catalog-dir outputs/bench_catalogs --llm smollm2 --time-budget-s 480
-    python benchmarks/accuracy.py --quick --out outputs/bench_quick             # tiny model, synthetic data
+    python -m benchmarks.prepare_catalogs --out outputs/bench_catalogs          # once, on CPU
+    python -m benchmarks.accuracy --catalog_dir outputs/bench_catalogs --llm smollm2 --time_budget_s 480
+    python -m benchmarks.accuracy --quick --out outputs/bench_quick             # tiny model, synthetic data
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import json
 import logging
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +41,22 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speeder_hf.collaborative_prior import CollaborativePrior
+from speeder_hf.configuration_speeder import SpeederConfig
+from speeder_hf.content_prior import ContentPrior, default_modalities
+from speeder_hf.data import CandidateSamplingDataset, last_training_rows, make_split
+from speeder_hf.evaluation import RankingOutcomes, collect_outcomes
+from speeder_hf.finetune import PRIOR_FIT_ROWS, job_field
+from speeder_hf.fusion_weights import fit_fusion_weights
+from speeder_hf.item_features import ItemFeatureTable
+from speeder_hf.lora import merge_lora
+from speeder_hf.metrics import bucket_indices, mcnemar_test, rank_metrics, target_ranks
+from speeder_hf.mpo import has_progress
+from speeder_hf.prior_calibration import PriorFusion, calibrate_priors, candidate_scores, prior_inputs
+from speeder_hf.sasrec import sasrec_ranks
 
-from common import (  # noqa: E402
+from .arguments import parse_arguments, split_commas
+from .common import (
     DEFAULT_CATALOG_DIR,
     METHODS,
     RESULTS_DIR,
@@ -63,20 +75,6 @@ from common import (  # noqa: E402
     write_json,
     write_tiny_backbone,
 )
-
-from speeder_hf.collaborative_prior import CollaborativePrior  # noqa: E402
-from speeder_hf.configuration_speeder import SpeederConfig  # noqa: E402
-from speeder_hf.content_prior import ContentPrior, default_modalities  # noqa: E402
-from speeder_hf.data import CandidateSamplingDataset, last_training_rows, make_split  # noqa: E402
-from speeder_hf.evaluation import RankingOutcomes, collect_outcomes  # noqa: E402
-from speeder_hf.finetune import PRIOR_FIT_ROWS  # noqa: E402
-from speeder_hf.fusion_weights import fit_fusion_weights  # noqa: E402
-from speeder_hf.item_features import ItemFeatureTable  # noqa: E402
-from speeder_hf.lora import merge_lora  # noqa: E402
-from speeder_hf.metrics import bucket_indices, mcnemar_test, rank_metrics, target_ranks  # noqa: E402
-from speeder_hf.mpo import has_progress  # noqa: E402
-from speeder_hf.prior_calibration import PriorFusion, calibrate_priors, candidate_scores, prior_inputs  # noqa: E402
-from speeder_hf.sasrec import sasrec_ranks  # noqa: E402
 
 logger = logging.getLogger("benchmarks.accuracy")
 
@@ -104,86 +102,89 @@ NUM_EXAMPLES = 5  # generated answers kept per title-answer method, to see why a
 METRIC_KEYS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--catalog-dir", type=Path, default=DEFAULT_CATALOG_DIR, help="prepare_catalogs.py output")
-    parser.add_argument("--datasets", default="beauty,movielens", help="comma-separated prepared datasets")
-    parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated, among {ALL_METHODS}")
-    parser.add_argument("--llm", default="smollm2", help="backbone folder, or 'smollm2' (offline default)")
-    parser.add_argument("--llm-layers", type=int, default=None, help="keep only the first N layers (CPU budget)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for accuracy.json/.md/.png")
-    parser.add_argument(
-        "--work-dir", type=Path, default=None, help="checkpoints (outputs/accuracy_work; --quick: a temp dir)"
+@dataclass
+class AccuracyArguments:
+    """The flags of `python -m benchmarks.accuracy`. The knobs it shares with the main job are the job's fields
+    (`job_field`): the same spelling and meaning, and the same default unless this budget differs."""
+
+    catalog_dir: Path = field(default=DEFAULT_CATALOG_DIR, metadata={"help": "prepare_catalogs output"})
+    datasets: list[str] = field(default_factory=lambda: ["beauty", "movielens"], metadata={"help": "prepared datasets"})
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS), metadata={"help": f"among {ALL_METHODS}"})
+    llm: str = job_field("llm")
+    llm_layers: int | None = job_field("llm_layers")
+    out: Path = field(default=RESULTS_DIR, metadata={"help": "folder for accuracy.json/.md/.png"})
+    work_dir: Path | None = field(
+        default=None, metadata={"help": "checkpoints (outputs/accuracy_work; --quick: a temp dir)"}
     )
-    parser.add_argument(
-        "--save-steps", type=int, default=50, help="checkpoint every N optimizer steps (0: never); --resume continues"
+    save_steps: int = field(
+        default=50, metadata={"help": "checkpoint every N optimizer steps (0: never); --resume continues"}
     )
-    parser.add_argument("--train-samples", type=int, default=4000, help="training samples per method (each once)")
-    parser.add_argument(
-        "--curve-every", type=int, default=0, help="speeder row: validation VHR@1 every N optimizer steps (0: no curve)"
+    train_samples: int = field(default=4000, metadata={"help": "training samples per method (each once)"})
+    curve_every: int = field(
+        default=0, metadata={"help": "speeder row: validation VHR@1 every N optimizer steps (0: no curve)"}
     )
-    parser.add_argument("--curve-users", type=int, default=500, help="validation users of the learning curve")
-    parser.add_argument(
-        "--calibration-rows",
-        type=int,
-        default=2000,
-        help="validation users the prior's weight is fitted on (disjoint from the curve's)",
+    curve_users: int = field(default=500, metadata={"help": "validation users of the learning curve"})
+    calibration_rows: int = job_field(
+        "calibration_rows", help="validation users the prior's weight is fitted on (disjoint from the curve's)"
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step")
-    parser.add_argument(
-        "--final-stage-share",
-        type=float,
+    batch_size: int = field(default=32, metadata={"help": "samples per optimizer step"})
+    final_stage_share: float | None = field(
         default=None,
-        help="share of the training samples for MPO's last stage (all modalities); default: equal per stage",
+        metadata={
+            "help": "share of the training samples for MPO's last stage (all modalities); default: equal per stage"
+        },
     )
-    parser.add_argument("--max-micro-tokens", type=int, default=32768, help="tokens per micro batch (memory)")
-    parser.add_argument("--learning-rate", type=float, default=5e-4, help="peak LR of the LoRA stages")
-    parser.add_argument("--align-learning-rate", type=float, default=2e-3, help="peak LR of MPO's align stage")
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--lora-alpha", type=int, default=16)
-    parser.add_argument(
-        "--max-test-users", type=int, default=1000, help="seeded subset when the evaluated split is larger"
+    max_micro_tokens: int = field(default=32768, metadata={"help": "tokens per micro batch (memory)"})
+    learning_rate: float = job_field("learning_rate")
+    align_learning_rate: float = job_field("align_learning_rate")
+    lora_r: int = job_field("lora_r")
+    lora_alpha: int = job_field("lora_alpha")
+    max_test_users: int = field(default=1000, metadata={"help": "seeded subset when the evaluated split is larger"})
+    eval_split: str = job_field(
+        "eval_split",
+        help="test or validation: compare variants (stage shares, learning rates) on validation, never on test",
     )
-    parser.add_argument(
-        "--eval-split",
-        choices=("test", "validation"),
-        default="test",
-        help="users to evaluate on; compare variants (stage shares, learning rates) on validation, never on test",
+    num_candidates: int = job_field("num_candidates")
+    max_history_len: int = job_field("max_history_len")
+    eval_batch_size: int = job_field("eval_batch_size", default=128, help="index-answer evaluation batch")
+    generation_batch_size: int = field(default=128, metadata={"help": "title-generation batch"})
+    max_new_tokens: int = field(default=64, metadata={"help": "LLaRA's generation length (stops at eos)"})
+    time_budget_s: float | None = field(default=None, metadata={"help": "start no method after this many seconds"})
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "keep methods already in <out>/accuracy.json and continue an interrupted method from its checkpoint"
+        },
     )
-    parser.add_argument("--num-candidates", type=int, default=20)
-    parser.add_argument("--max-history-len", type=int, default=20)
-    parser.add_argument("--eval-batch-size", type=int, default=128, help="index-answer evaluation batch")
-    parser.add_argument("--generation-batch-size", type=int, default=128, help="title-generation batch")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="LLaRA's generation length (stops at eos)")
-    parser.add_argument("--time-budget-s", type=float, default=None, help="start no method after this many seconds")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="keep methods already in <out>/accuracy.json and continue an interrupted method from its checkpoint",
+    redo: bool = field(
+        default=False,
+        metadata={
+            "help": "with --resume: run the listed methods again and replace their rows (earlier runs no longer "
+            "list them)"
+        },
     )
-    parser.add_argument(
-        "--redo",
-        action="store_true",
-        help="with --resume: run the listed methods again and replace their rows (earlier runs no longer list them)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic data (smoke test)")
-    parser.add_argument("--plot-only", action="store_true", help="rewrite accuracy.md/.png from <out>/accuracy.json")
-    args = parser.parse_args(argv)
-    args.argv = argv
-    args.datasets = [d for d in args.datasets.split(",") if d]
-    args.methods = [m for m in args.methods.split(",") if m]
-    if args.work_dir is None and not args.quick:
-        args.work_dir = Path("outputs/accuracy_work")
-    if args.redo and not args.resume:
-        parser.error("--redo replaces rows of an earlier run: use it with --resume")
-    unknown = [m for m in args.methods if m not in ALL_METHODS]
-    if unknown:
-        parser.error(f"unknown methods {unknown}; choose among {ALL_METHODS}")
-    return args
+    seed: int = job_field("seed")
+    quick: bool = field(default=False, metadata={"help": "tiny random model and synthetic data (smoke test)"})
+    plot_only: bool = field(default=False, metadata={"help": "rewrite accuracy.md/.png from <out>/accuracy.json"})
+
+    def __post_init__(self) -> None:
+        self.datasets, self.methods = split_commas(self.datasets), split_commas(self.methods)
+        if self.work_dir is None and not self.quick:
+            self.work_dir = Path("outputs/accuracy_work")
+        if self.redo and not self.resume:
+            raise ValueError("--redo replaces rows of an earlier run: use it with --resume")
+        if self.eval_split not in ("test", "validation"):
+            raise ValueError(f"--eval_split must be test or validation, not {self.eval_split!r}")
+        unknown = [m for m in self.methods if m not in ALL_METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; choose among {ALL_METHODS}")
 
 
-def apply_quick(args: argparse.Namespace, scratch: Path) -> None:
+def parse_args(argv: list[str] | None = None) -> AccuracyArguments:
+    return parse_arguments(AccuracyArguments, argv, __doc__.split("\n\n")[0])[0]
+
+
+def apply_quick(args: AccuracyArguments, scratch: Path) -> None:
     """Seconds-long settings: a tiny random backbone, one synthetic dataset with images, a few samples."""
     torch.set_num_threads(1)  # tiny matrices gain nothing from threads, and spinning threads stall a busy machine
     args.llm = str(write_tiny_backbone(scratch / "tiny-llm"))
@@ -195,7 +196,7 @@ def apply_quick(args: argparse.Namespace, scratch: Path) -> None:
     args.work_dir = args.work_dir or scratch / "work"
 
 
-def load_datasets(args: argparse.Namespace) -> dict[str, BenchData]:
+def load_datasets(args: AccuracyArguments) -> dict[str, BenchData]:
     if args.quick:
         return {"synthetic": synthetic_data()}
     return {name: load_bench_data(args.catalog_dir / name, name) for name in args.datasets}
@@ -226,7 +227,7 @@ def evaluate_llm(
     tokenizer,
     data: BenchData,
     test,
-    args: argparse.Namespace,
+    args: AccuracyArguments,
     work: Path,
     sitting: int,
     folder: str = EVAL_FOLDER,
@@ -384,7 +385,7 @@ def paired_tests(results: dict[str, Any], hits: dict[str, Any]) -> None:
 SITTINGS_FILE = "sittings.json"
 
 
-def training_settings(name: str, data: BenchData, args: argparse.Namespace) -> dict[str, Any]:
+def training_settings(name: str, data: BenchData, args: AccuracyArguments) -> dict[str, Any]:
     """What must be unchanged for an interrupted training run to be continued rather than restarted."""
     keys = ("llm", "llm_layers", "train_samples", "batch_size", "max_micro_tokens", "learning_rate",
             "align_learning_rate", "lora_r", "lora_alpha", "num_candidates", "max_history_len", "seed")  # fmt: skip
@@ -553,7 +554,7 @@ def time_to_sasrec(curve: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_method(
-    name: str, data: BenchData, split, test, train, args: argparse.Namespace
+    name: str, data: BenchData, split, test, train, args: AccuracyArguments
 ) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
     """Trains (LLM methods) and evaluates one method on one dataset; returns its per-row top-1 hits and its row,
     by row name (the speeder method also gives `speeder_no_prior`, its LLM before the prior joins)."""
@@ -671,7 +672,7 @@ def run_method(
     return rows
 
 
-def validation_rows(split, args: argparse.Namespace):
+def validation_rows(split, args: AccuracyArguments):
     """Disjoint seeded subsets of the validation users: the learning curve's, and the ones the prior's weight is
     fitted on."""
     validation = split["validation"]
@@ -697,7 +698,7 @@ def sasrec_validation_hr1(data: BenchData, rows) -> float:
     return float((ranks == 0).mean())
 
 
-def dataset_entry(data: BenchData, split, test, train, args: argparse.Namespace) -> dict[str, Any]:
+def dataset_entry(data: BenchData, split, test, train, args: AccuracyArguments) -> dict[str, Any]:
     stats = data.rec.statistics()
     return {
         "budget": {
@@ -748,12 +749,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         if args.quick:
             apply_quick(args, scratch)
-        return run(args, start)
+        return run(args, start, argv)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
+def run(args: AccuracyArguments, start: float, argv: Sequence[str] | None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     out_json = args.out / "accuracy.json"
     results: dict[str, Any] = json.loads(out_json.read_text()) if args.resume and out_json.is_file() else {}
@@ -761,14 +762,14 @@ def run(args: argparse.Namespace, start: float) -> dict[str, Any]:
     hits: dict[str, Any] = json.loads(hits_json.read_text()) if args.resume and hits_json.is_file() else {}
     # Every invocation that contributed methods (a --resume run adds to an earlier one).
     machine = machine_description()
-    this_run = add_run(results.setdefault("runs", []), __file__, args.argv, machine, key="methods")
+    this_run = add_run(results.setdefault("runs", []), __spec__.name, argv, machine, key="methods")
     results.update(
         {
             "command": this_run["command"],
             "machine": machine,
             "date": today(),
             "backbone": "tiny random Llama (quick)" if args.quick else describe_backbone(args.llm, args.llm_layers),
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "argv"},
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         }
     )
     datasets = load_datasets(args)
@@ -942,7 +943,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
         plot(results, out / "accuracy.png")
         plot_curves(results, out / "accuracy_curve.png")
     except ImportError as error:  # a bare GPU image may lack matplotlib; the JSON is what matters
-        logger.warning("No accuracy.png (%s); rerun with --plot-only where matplotlib exists.", error)
+        logger.warning("No accuracy.png (%s); rerun with --plot_only where matplotlib exists.", error)
 
 
 if __name__ == "__main__":

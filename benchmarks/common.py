@@ -1,6 +1,6 @@
-"""Shared pieces of the benchmarks: the prepared data folders (`prepare_catalogs.py` writes them), the methods and
-prompt styles compared, model building and training with the project's own classes (`run_mpo`, the collator,
-`evaluate_ranking`), the tiny backbone and synthetic data of `--quick` runs, and result bookkeeping.
+"""Shared pieces of the benchmarks: the prepared data folders (`benchmarks.prepare_catalogs` writes them), the
+methods and prompt styles compared, model building and training with the project's own classes (`run_mpo`, the
+collator, `evaluate_ranking`), the tiny backbone and synthetic data of `--quick` runs, and result bookkeeping.
 
 A prepared data folder `<catalog_dir>/<dataset>/` holds:
 
@@ -106,12 +106,12 @@ def load_bench_data(directory: Path, name: str | None = None) -> BenchData:
     """Reads a prepared folder written by `save_bench_data`.
 
     Raises:
-        FileNotFoundError: the folder or one of its files is missing (run `benchmarks/prepare_catalogs.py`).
+        FileNotFoundError: the folder or one of its files is missing (run `python -m benchmarks.prepare_catalogs`).
     """
     if not (directory / FEATURES_JSON).is_file():
         raise FileNotFoundError(
             f"{directory} is not a prepared data folder (no {FEATURES_JSON}); build it with "
-            "`python benchmarks/prepare_catalogs.py --out <catalog-dir>`."
+            "`python -m benchmarks.prepare_catalogs --out <catalog_dir>`."
         )
     rec = RecDataset.load(directory / "rec")
     info = json.loads((directory / FEATURES_JSON).read_text())
@@ -557,12 +557,10 @@ def describe_backbone(llm: str, num_layers: int | None = None) -> str:
     return llm + cut
 
 
-def command_line(script: str, argv: list[str] | None) -> str:
-    """The command that ran `script` with `argv` (None: this process's arguments), relative to the repository root
-    when possible."""
-    path = Path(script).resolve()
-    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-    return " ".join(["python", str(shown), *(sys.argv[1:] if argv is None else argv)])
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command that ran the benchmark `module` (`benchmarks.accuracy`) with `argv` (None: this process's
+    arguments), as run from the repository root."""
+    return " ".join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -573,11 +571,11 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     temporary.replace(path)
 
 
-def add_run(runs: list[dict[str, Any]], script: str, argv: list[str] | None, machine: dict[str, Any], key: str):
+def add_run(runs: list[dict[str, Any]], module: str, argv: Sequence[str] | None, machine: dict[str, Any], key: str):
     """Appends this invocation to a result file's `runs` (a `--resume` run adds rows to earlier ones) and returns
     its entry; the caller lists what this run measured under `key` and sets its `wall_seconds`."""
     commit = machine["git_commit_at_start"]
-    runs.append({"command": command_line(script, argv), "date": today(), "git_commit_at_start": commit, key: []})
+    runs.append({"command": command_line(module, argv), "date": today(), "git_commit_at_start": commit, key: []})
     return runs[-1]
 
 

@@ -2,7 +2,7 @@
 same backbone, LoRA setup, batch size, samples and machine, at history lengths 10, 20 and 50 with 20 candidates. The
 targets it is measured against are in docs/design.md ("Targets").
 
-Styles (each with its own model and answer protocol, see `benchmarks/common.py`):
+Styles (each with its own model and answer protocol, see `benchmarks.common`):
 `speeder` (one soft token per item + position token; the answer label is scored in one forward pass),
 `llara` (title + ID token per item), `text` (full item text), `mllm` (title + 49 image-map tokens + ID token per
 item; datasets with images only). The three title styles answer by greedy generation with LLaRA's settings
@@ -11,8 +11,8 @@ eos, i.e. the cost of a trained model that stops right after its answer (LLaRA's
 
 Samples at history length L: users with at least L + 1 items, the L items before their last one as history, the
 last as target, and 20 candidates (target + 19 uniform negatives outside the user's items). Batches are collated
-before timing; timing covers forward, backward and the AdamW step (training: `--warmup-steps` untimed, then
-`--timed-steps`), or scoring / generation (inference, LoRA merged, after one untimed single-sample batch). Time is
+before timing; timing covers forward, backward and the AdamW step (training: `--warmup_steps` untimed, then
+`--timed_steps`), or scoring / generation (inference, LoRA merged, after one untimed single-sample batch). Time is
 wall time on CUDA; on CPU it is the process's CPU time with one torch thread, because other jobs on a shared machine
 inflate wall time (wall time is recorded too). Peak memory: CUDA `max_memory_allocated`; on CPU the peak resident
 set size sampled during the timed phases (weights included). Every (dataset, style, history length) runs in its own
@@ -20,13 +20,12 @@ process, so memories and caches do not mix.
 
 Writes `<out>/efficiency.json` and `<out>/efficiency.png` and prints speeder's ratios against `llara` and `mllm`.
 
-    python benchmarks/efficiency.py --catalog-dir outputs/bench_catalogs --llm smollm2
-    python benchmarks/efficiency.py --quick --out outputs/bench_quick      # tiny model, synthetic data, seconds
+    python -m benchmarks.efficiency --catalog_dir outputs/bench_catalogs --llm smollm2
+    python -m benchmarks.efficiency --quick --out outputs/bench_quick      # tiny model, synthetic data, seconds
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -37,17 +36,24 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speeder_hf.collator import SpeederDataCollator
+from speeder_hf.data import CandidateSampler, sample_rng
+from speeder_hf.finetune import job_field
+from speeder_hf.lora import apply_lora, merge_lora
+from speeder_hf.mpo import set_trainable
 
-from common import (  # noqa: E402
+from .arguments import parse_arguments, split_commas
+from .common import (
     DEFAULT_CATALOG_DIR,
     METHODS,
+    REPO,
     RESULTS_DIR,
     STYLE_METHODS,
     BenchData,
@@ -64,50 +70,50 @@ from common import (  # noqa: E402
     write_tiny_backbone,
 )
 
-from speeder_hf.collator import SpeederDataCollator  # noqa: E402
-from speeder_hf.data import CandidateSampler, sample_rng  # noqa: E402
-from speeder_hf.lora import apply_lora, merge_lora  # noqa: E402
-from speeder_hf.mpo import set_trainable  # noqa: E402
-
 logger = logging.getLogger("benchmarks.efficiency")
 
 STYLES = ("speeder", "llara", "text", "mllm")
 SAMPLE_STREAM = 7  # random stream of the benchmark's candidates (distinct from the split's)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--catalog-dir", type=Path, default=DEFAULT_CATALOG_DIR, help="prepare_catalogs.py output")
-    parser.add_argument("--datasets", default="movielens,beauty", help="first = the headline dataset")
-    parser.add_argument("--styles", default=",".join(STYLES))
-    parser.add_argument("--history-lens", default="10,20,50")
-    parser.add_argument("--llm", default="smollm2", help="backbone folder, or 'smollm2' (offline default)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--num-candidates", type=int, default=20)
+@dataclass
+class EfficiencyArguments:
+    """The flags of `python -m benchmarks.efficiency`; the knobs it shares with the main job are the job's fields."""
+
+    catalog_dir: Path = field(default=DEFAULT_CATALOG_DIR, metadata={"help": "prepare_catalogs output"})
+    datasets: list[str] = field(
+        default_factory=lambda: ["movielens", "beauty"], metadata={"help": "first = the headline dataset"}
+    )
+    styles: list[str] = field(default_factory=lambda: list(STYLES), metadata={"help": f"among {STYLES}"})
+    history_lens: list[int] = field(default_factory=lambda: [10, 20, 50], metadata={"help": "space-separated"})
+    llm: str = job_field("llm")
+    out: Path = field(default=RESULTS_DIR, metadata={"help": "folder for efficiency.json/.png"})
+    num_candidates: int = job_field("num_candidates")
     # One sample per step keeps the longest configuration (mllm, history 50: ~4300 tokens) near 10 GB on CPU.
-    parser.add_argument("--train-batch-size", type=int, default=1)
-    parser.add_argument("--warmup-steps", type=int, default=1)
-    parser.add_argument("--timed-steps", type=int, default=3)
-    parser.add_argument("--infer-samples", type=int, default=4, help="timed inference samples")
-    parser.add_argument("--infer-batch-size", type=int, default=2)
-    parser.add_argument("--token-samples", type=int, default=32, help="samples averaged for prompt tokens")
-    parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--lora-alpha", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU time is exact with one)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--in-process", action="store_true", help="run every configuration in this process")
-    parser.add_argument("--resume", action="store_true", help="keep configurations already in <out>/efficiency.json")
-    parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic data (smoke test)")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    args.argv = argv
-    args.datasets = [d for d in args.datasets.split(",") if d]
-    args.styles = [s for s in args.styles.split(",") if s]
-    args.history_lens = [int(n) for n in args.history_lens.split(",") if n]
-    unknown = [s for s in args.styles if s not in STYLES]
-    if unknown:
-        parser.error(f"unknown styles {unknown}; choose among {STYLES}")
-    return args
+    train_batch_size: int = field(default=1, metadata={"help": "samples per timed training step"})
+    warmup_steps: int = field(default=1, metadata={"help": "untimed training steps first"})
+    timed_steps: int = field(default=3, metadata={"help": "timed training steps"})
+    infer_samples: int = field(default=4, metadata={"help": "timed inference samples"})
+    infer_batch_size: int = field(default=2, metadata={"help": "inference batch"})
+    token_samples: int = field(default=32, metadata={"help": "samples averaged for prompt tokens"})
+    lora_r: int = job_field("lora_r")
+    lora_alpha: int = job_field("lora_alpha")
+    threads: int = field(default=1, metadata={"help": "torch CPU threads (CPU time is exact with one)"})
+    seed: int = job_field("seed")
+    in_process: bool = field(default=False, metadata={"help": "run every configuration in this process"})
+    resume: bool = field(default=False, metadata={"help": "keep configurations already in <out>/efficiency.json"})
+    quick: bool = field(default=False, metadata={"help": "tiny random model and synthetic data (smoke test)"})
+    worker: str | None = field(default=None, metadata={"help": "internal: one configuration as JSON, measured here"})
+
+    def __post_init__(self) -> None:
+        self.datasets, self.styles = split_commas(self.datasets), split_commas(self.styles)
+        unknown = [s for s in self.styles if s not in STYLES]
+        if unknown:
+            raise ValueError(f"unknown styles {unknown}; choose among {STYLES}")
+
+
+def parse_args(argv: list[str] | None = None) -> EfficiencyArguments:
+    return parse_arguments(EfficiencyArguments, argv, __doc__.split("\n\n")[0])[0]
 
 
 # ----- one configuration -----------------------------------------------------------------------------------------
@@ -305,7 +311,10 @@ def run_config(config: dict[str, Any], in_process: bool, scratch: Path) -> dict[
     if in_process:
         return measure(config)
     out = scratch / f"{config['dataset']}-{config['style']}-{config['history_len']}.json"
-    worker = subprocess.run([sys.executable, __file__, "--worker", json.dumps({**config, "out": str(out)})])
+    # A fresh interpreter runs this module from the checkout whatever the current folder is.
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", __spec__.name, "--worker", json.dumps({**config, "out": str(out)})]
+    worker = subprocess.run(command, env=environment)
     if worker.returncode != 0:
         why = "killed (-9), most likely out of memory" if worker.returncode == -9 else f"exit code {worker.returncode}"
         return {"error": f"worker failed: {why}; see the log"}
@@ -338,12 +347,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         return None
     scratch = Path(tempfile.mkdtemp(prefix="speeder-efficiency-"))
     try:
-        return run(args, scratch)
+        return run(args, scratch, argv)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+def run(args: EfficiencyArguments, scratch: Path, argv: list[str] | None) -> dict[str, Any]:
     start = time.perf_counter()
     if args.quick:
         args.llm = str(write_tiny_backbone(scratch / "tiny-llm"))
@@ -380,7 +389,7 @@ def run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         }
     machine = machine_description()
     runs = previous.get("runs", [])
-    this_run = add_run(runs, __file__, args.argv, machine, key="configurations")
+    this_run = add_run(runs, __spec__.name, argv, machine, key="configurations")
     results = {
         "machine": machine,
         "runs": runs,

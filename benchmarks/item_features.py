@@ -3,17 +3,17 @@
 Builds an `ItemCatalog` for a named dataset with the default offline encoders (all-MiniLM-L6-v2 text,
 EfficientNet-Lite0 images), then builds it again to time the cache, and writes a JSON report.
 
-    python benchmarks/item_features.py --dataset movielens --output benchmarks/results/item_features_movielens.json
+    python -m benchmarks.item_features --dataset movielens --output benchmarks/results/item_features_movielens.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,10 @@ import torch
 from speeder_hf.catalog import ItemCatalog
 from speeder_hf.data import load_dataset_by_name
 from speeder_hf.encoders import ImageEncoder, TextEncoder, encode_image_modality, encode_text_modality
+from speeder_hf.finetune import job_field
+
+from .arguments import parse_arguments
+from .common import command_line
 
 
 def build(rec, modalities: list[str], cache_dir: Path, encoders: dict) -> tuple[ItemCatalog, dict[str, float]]:
@@ -37,12 +41,17 @@ def build(rec, modalities: list[str], cache_dir: Path, encoders: dict) -> tuple[
     return catalog, seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", default="movielens")
-    parser.add_argument("--modalities", default="text,image")
-    parser.add_argument("--output", type=Path, required=True)
-    args = parser.parse_args()
+@dataclass
+class ItemFeaturesArguments:
+    """The flags of `python -m benchmarks.item_features`."""
+
+    output: Path = field(metadata={"help": "the JSON report"})
+    dataset: str = job_field("dataset", default="movielens")
+    modalities: str = field(default="text,image", metadata={"help": "comma-separated: text, image"})
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, _ = parse_arguments(ItemFeaturesArguments, argv, __doc__.split("\n\n")[0])
 
     rec = load_dataset_by_name(args.dataset)
     modalities = [m for m in args.modalities.split(",") if m]
@@ -55,7 +64,7 @@ def main() -> None:
         catalog, first = build(rec, modalities, Path(cache), encoders)
         again, cached = build(rec, modalities, Path(cache), encoders)
     report = {
-        "command": "python " + " ".join(sys.argv),
+        "command": command_line(__spec__.name, argv),
         "dataset": args.dataset,
         "items": len(catalog),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads (shared 2-core machine)",

@@ -4,61 +4,72 @@ samples close the gap to training on all modalities from the first step (`speede
 At the accuracy benchmark's budget, MPO splits the samples equally over its stages, so on MovieLens the strongest
 modality (id) trains on the last quarter only, and `speeder_no_mpo` beat the full model on test. Choosing the split
 on test would tune on it; this script compares the splits on the validation split instead (each user's
-second-to-last item, the same candidates protocol), one `accuracy.py` run per variant under identical settings, and
-writes `<out>/mpo_share.json` and `mpo_share.png`. Arguments it does not know go to `accuracy.py` unchanged.
+second-to-last item, the same candidates protocol), one `benchmarks.accuracy` run per variant under identical
+settings, and writes `<out>/mpo_share.json` and `mpo_share.png`. Arguments it does not know go to
+`benchmarks.accuracy` unchanged.
 
-    python benchmarks/mpo_share.py --shares equal,0.8 -- --catalog-dir outputs/bench_catalogs --datasets movielens \\
-        --llm-layers 6 --train-samples 2400 --batch-size 8 --learning-rate 1e-3 --align-learning-rate 1e-3
-    python benchmarks/mpo_share.py --quick --out outputs/mpo_share_quick        # tiny model, synthetic data
+    python -m benchmarks.mpo_share --shares equal,0.8 -- --catalog_dir outputs/bench_catalogs --datasets movielens \\
+        --llm_layers 6 --train_samples 2400 --batch_size 8 --learning_rate 1e-3 --align_learning_rate 1e-3
+    python -m benchmarks.mpo_share --quick --out outputs/mpo_share_quick        # tiny model, synthetic data
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
-import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import accuracy  # noqa: E402
-from common import RESULTS_DIR, command_line, machine_description, setup_logging, today, write_json  # noqa: E402
+from . import accuracy
+from .arguments import parse_arguments, split_commas
+from .common import RESULTS_DIR, command_line, machine_description, setup_logging, today, write_json
 
 REFERENCE = "speeder_no_mpo"
 KEPT = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR", "num_samples", "train_samples_per_stage")
 KEPT += ("train_seconds", "by_history_len")
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--shares", default="equal,0.8", help="comma-separated final-stage shares; 'equal' = MPO's equal split"
+@dataclass
+class MPOShareArguments:
+    """The flags of `python -m benchmarks.mpo_share`; the ones it does not know go to `benchmarks.accuracy`."""
+
+    shares: list[str] = field(
+        default_factory=lambda: ["equal", "0.8"], metadata={"help": "final-stage shares; 'equal' = MPO's equal split"}
     )
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for mpo_share.json/.png")
-    parser.add_argument("--work-dir", type=Path, default=None, help="per-variant runs (outputs/mpo_share_work)")
-    parser.add_argument("--quick", action="store_true", help="tiny random model and synthetic data (smoke test)")
-    args, forwarded = parser.parse_known_args(argv)
-    args.shares = [s for s in args.shares.split(",") if s]
-    for share in args.shares:
-        if share != "equal" and not 0 < float(share) < 1:
-            parser.error(f"--shares: {share!r} is neither 'equal' nor a share strictly between 0 and 1")
-    reserved = {"--methods", "--out", "--work-dir", "--eval-split", "--final-stage-share", "--resume"}
-    clash = sorted(reserved.intersection(a.split("=")[0] for a in forwarded))
+    out: Path = field(default=RESULTS_DIR, metadata={"help": "folder for mpo_share.json/.png"})
+    work_dir: Path | None = field(default=None, metadata={"help": "per-variant runs (outputs/mpo_share_work)"})
+    quick: bool = field(default=False, metadata={"help": "tiny random model and synthetic data (smoke test)"})
+
+    def __post_init__(self) -> None:
+        self.shares = split_commas(self.shares)
+        for share in self.shares:
+            if share != "equal" and not 0 < float(share) < 1:
+                raise ValueError(f"--shares: {share!r} is neither 'equal' nor a share strictly between 0 and 1")
+
+
+# Set per variant, so a forwarded one would be overridden (in either flag spelling).
+RESERVED = ("methods", "out", "work_dir", "eval_split", "final_stage_share", "resume")
+
+
+def parse_args(argv: list[str] | None) -> tuple[MPOShareArguments, list[str]]:
+    args, forwarded = parse_arguments(MPOShareArguments, argv, __doc__.split("\n\n")[0], allow_unknown=True)
+    forwarded = [a for a in forwarded if a != "--"]
+    names = {a.split("=")[0][2:].replace("-", "_") for a in forwarded if a.startswith("--")}
+    clash = sorted(names.intersection(RESERVED))
     if clash:
-        parser.error(f"{clash} are set by this script per variant; leave them out")
-    return args, [a for a in forwarded if a != "--"]
+        raise SystemExit(f"mpo_share: {['--' + c for c in clash]} are set by this script per variant; leave them out")
+    return args, forwarded
 
 
 def variants(shares: list[str]) -> dict[str, list[str]]:
-    """Variant name -> the `accuracy.py` arguments that make it."""
+    """Variant name -> the `benchmarks.accuracy` arguments that make it."""
     runs = {}
     for share in shares:
         name = "speeder, equal stages" if share == "equal" else f"speeder, final stage {float(share):.0%}"
-        runs[name] = ["--methods", "speeder"] + ([] if share == "equal" else ["--final-stage-share", share])
+        runs[name] = ["--methods", "speeder"] + ([] if share == "equal" else ["--final_stage_share", share])
     runs[f"{REFERENCE} (one stage)"] = ["--methods", REFERENCE]
     return runs
 
@@ -76,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         result = {
-            "command": command_line(__file__, argv),
+            "command": command_line(__spec__.name, argv),
             "machine": machine_description(),
             "date": today(),
             "eval_split": "validation",
@@ -86,8 +97,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for index, (name, extra) in enumerate(variants(args.shares).items()):
             folder = work / f"variant-{index}"
             run = accuracy.main(
-                [*forwarded, *(["--quick"] if args.quick else []), *extra, "--eval-split", "validation"]
-                + ["--out", str(folder), "--work-dir", str(folder / "train")]
+                [*forwarded, *(["--quick"] if args.quick else []), *extra, "--eval_split", "validation"]
+                + ["--out", str(folder), "--work_dir", str(folder / "train")]
             )
             result["backbone"] = run["backbone"]
             for dataset in accuracy.dataset_names(run):

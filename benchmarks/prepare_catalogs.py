@@ -1,87 +1,102 @@
-"""Builds the prepared data folders the benchmarks read (`--catalog-dir`), on CPU, once: the datasets, their frozen
+"""Builds the prepared data folders the benchmarks read (`--catalog_dir`), on CPU, once: the datasets, their frozen
 text/image features, the SASRec `id` features (and model) and, for the `mllm` baseline, per-cell image feature
 maps. The GPU run then needs neither the encoders' weights nor the raw files.
 
 - Beauty (Amazon 2014 5-core, shipped in the package: speeder_hf/data/amazon-beauty) and Sports_and_Outdoors
-  (`--data-root`/sports): text (all-MiniLM-L6-v2 over title + categories + keywords) and id (SASRec). No images exist
+  (`--data_root`/sports): text (all-MiniLM-L6-v2 over title + categories + keywords) and id (SASRec). No images exist
   for them.
-- MovieLens-100K (`--data-root`/llara_movielens, posters from `--data-root`/movielens_posters): text (title +
+- MovieLens-100K (`--data_root`/llara_movielens, posters from `--data_root`/movielens_posters): text (title +
   genres), image (EfficientNet-Lite0, pooled 1280-d), id (SASRec) and the 7x7 EfficientNet-Lite0 feature map of each
-  poster (49 image tokens per item), its 1280 channels reduced by PCA to `--spatial-channels` to keep the folder small
+  poster (49 image tokens per item), its 1280 channels reduced by PCA to `--spatial_channels` to keep the folder small
   (the number of image tokens, which sets the mllm baseline's cost, is unchanged). Skipped cleanly when the files
   are absent.
 
 Features are stored as float16. The folder is derived data: keep it out of git (outputs/ is ignored), and never
 publish the MovieLens part (GroupLens and poster terms forbid redistribution).
 
-    python benchmarks/prepare_catalogs.py --out outputs/bench_catalogs \\
-        --sasrec-from beauty=/path/to/sasrec_beauty_export      # optional: reuse a trained SASRec
+    python -m benchmarks.prepare_catalogs --out outputs/bench_catalogs \\
+        --sasrec_from beauty=/path/to/sasrec_beauty_export      # optional: reuse a trained SASRec
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speeder_hf.baselines import spatial_image_features
+from speeder_hf.catalog import ItemCatalog
+from speeder_hf.data import RecDataset, load_dataset_by_name, make_split, training_sequences
+from speeder_hf.encoders import ImageEncoder, TextEncoder, encode_image_modality, encode_text_modality
+from speeder_hf.finetune import job_field
+from speeder_hf.sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
 
-from common import REPO, BenchData, save_bench_data, setup_logging  # noqa: E402
-
-from speeder_hf.baselines import spatial_image_features  # noqa: E402
-from speeder_hf.catalog import ItemCatalog  # noqa: E402
-from speeder_hf.data import RecDataset, load_dataset_by_name, make_split, training_sequences  # noqa: E402
-from speeder_hf.encoders import ImageEncoder, TextEncoder, encode_image_modality, encode_text_modality  # noqa: E402
-from speeder_hf.sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec  # noqa: E402
+from .arguments import parse_arguments, split_commas
+from .common import REPO, BenchData, save_bench_data, setup_logging
 
 logger = logging.getLogger("benchmarks.prepare")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_catalogs")
-    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data", help="shared/data")
-    parser.add_argument("--datasets", default="beauty,movielens,sports")
-    parser.add_argument("--text-max-length", type=int, default=32, help="text-encoder tokens per item")
-    parser.add_argument("--spatial-channels", type=int, default=128, help="PCA size of the feature-map channels")
-    parser.add_argument("--spatial-grid", type=int, default=None, help="pool the 7x7 map to NxN cells (fewer tokens)")
-    parser.add_argument(
-        "--sasrec-from",
-        action="append",
-        default=[],
-        metavar="DATASET=DIR",
-        help="reuse a SASRec saved with save_pretrained (trained on the same leave-one-out training sequences)",
+@dataclass
+class PrepareArguments:
+    """The flags of `python -m benchmarks.prepare_catalogs`; the knobs it shares with the main job are the job's
+    fields (its SASRec budget is its own: these catalogs are made once)."""
+
+    out: Path = field(default=REPO / "outputs" / "bench_catalogs", metadata={"help": "folder of the prepared data"})
+    data_root: Path = field(default=REPO.parent / "shared" / "data", metadata={"help": "shared/data"})
+    datasets: list[str] = field(
+        default_factory=lambda: ["beauty", "movielens", "sports"], metadata={"help": "datasets"}
     )
-    parser.add_argument("--sasrec-epochs", type=int, default=200)
-    parser.add_argument("--sasrec-dropout", type=float, default=0.5)
-    parser.add_argument("--sasrec-loss", default="ce", help="ce (full softmax), sampled or bce")
-    parser.add_argument("--sasrec-patience", type=int, default=6, help="evaluations (every 5 epochs) without gain")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default ~/.cache/speeder_hf)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (spinning threads stall a busy machine)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    args.datasets = [d for d in args.datasets.split(",") if d]
-    args.sasrec_from = dict(item.split("=", 1) for item in args.sasrec_from)
-    return args
+    text_max_length: int = job_field("text_max_length")
+    spatial_channels: int = field(default=128, metadata={"help": "PCA size of the feature-map channels"})
+    spatial_grid: int | None = field(default=None, metadata={"help": "pool the 7x7 map to NxN cells (fewer tokens)"})
+    sasrec_from: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "DATASET=DIR ...: reuse a SASRec saved with save_pretrained (trained on the same leave-one-out "
+            "training sequences)"
+        },
+    )
+    sasrec_epochs: int = job_field("sasrec_epochs", default=200)
+    sasrec_dropout: float = job_field("sasrec_dropout")
+    sasrec_loss: str = job_field("sasrec_loss", default="ce")
+    sasrec_patience: int = field(default=6, metadata={"help": "evaluations (every 5 epochs) without gain"})
+    cache_dir: Path | None = job_field("cache_dir")
+    threads: int = field(default=1, metadata={"help": "torch threads (spinning threads stall a busy machine)"})
+    seed: int = job_field("seed")
+
+    def __post_init__(self) -> None:
+        self.datasets = split_commas(self.datasets)
+        malformed = [item for item in self.sasrec_from if "=" not in item]
+        if malformed:
+            raise ValueError(f"--sasrec_from takes DATASET=DIR, got {malformed[0]!r}")
+
+    @property
+    def sasrec_folders(self) -> dict[str, str]:
+        """`--sasrec_from` as `{dataset: folder}`."""
+        return dict(item.split("=", 1) for item in self.sasrec_from)
 
 
-def sasrec_for(name: str, rec: RecDataset, args: argparse.Namespace, holdout: int = 0) -> tuple[SASRec, dict]:
+def parse_args(argv: list[str] | None = None) -> PrepareArguments:
+    return parse_arguments(PrepareArguments, argv, __doc__.split("\n\n")[0])[0]
+
+
+def sasrec_for(name: str, rec: RecDataset, args: PrepareArguments, holdout: int = 0) -> tuple[SASRec, dict]:
     """A SASRec trained on the training sequences (without each user's last `holdout` training items) with early
-    stopping on validation NDCG@10 (full ranking), or the full one reused from `--sasrec-from`."""
+    stopping on validation NDCG@10 (full ranking), or the full one reused from `--sasrec_from`."""
     split = make_split(rec, num_candidates=20, seed=args.seed)
-    if name in args.sasrec_from and not holdout:
-        model = SASRec.from_pretrained(args.sasrec_from[name]).eval()
+    if name in args.sasrec_folders and not holdout:
+        model = SASRec.from_pretrained(args.sasrec_folders[name]).eval()
         if model.num_items != rec.num_items:
             raise ValueError(
-                f"{args.sasrec_from[name]}: SASRec of {model.num_items} items, dataset has {rec.num_items}."
+                f"{args.sasrec_folders[name]}: SASRec of {model.num_items} items, dataset has {rec.num_items}."
             )
-        source = {"trained": f"reused from {args.sasrec_from[name]}"}
+        source = {"trained": f"reused from {args.sasrec_folders[name]}"}
     else:
         start = time.perf_counter()
         result = train_sasrec(
@@ -129,7 +144,7 @@ def reduce_channels(features: np.ndarray, present: np.ndarray, channels: int, se
     return reduced, {"pca_components": channels, "pca_explained_variance": round(explained, 4)}
 
 
-def prepare(name: str, rec: RecDataset, args: argparse.Namespace) -> BenchData:
+def prepare(name: str, rec: RecDataset, args: PrepareArguments) -> BenchData:
     catalog = ItemCatalog.from_dataset(rec)
     encode_text_modality(catalog, TextEncoder(max_length=args.text_max_length), args.cache_dir)
     info: dict = {"dataset": rec.statistics()}

@@ -9,20 +9,21 @@ Measures, on the test users:
 Writes a JSON report (metrics, training log, settings, machine, command) and optionally the trained model and its
 item-embedding features (`--export`), for `ItemCatalog.add_features("id", ...)`.
 
-    python benchmarks/sasrec_beauty.py   # CPU default: sampled softmax, 40 epochs, about 10 minutes on 2 cores
+    python -m benchmarks.sasrec_beauty   # CPU default: sampled softmax, 40 epochs, about 10 minutes on 2 cores
 
-The defaults fit a 2-core CPU in under 15 minutes; on a GPU, `--loss ce --num-epochs 200` (early stopping) gives the
+The defaults fit a 2-core CPU in under 15 minutes; on a GPU, `--loss ce --num_epochs 200` (early stopping) gives the
 full-softmax model (`benchmarks/results/sasrec_beauty_h200_ce.json`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,9 @@ from safetensors.numpy import save_file
 
 from speeder_hf.data import load_s3rec, make_split, training_sequences
 from speeder_hf.sasrec import evaluate_sasrec, sasrec_item_features, train_sasrec
+
+from .arguments import parse_arguments
+from .common import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = {"full_HR@10": 0.0605, "full_NDCG@10": 0.0318, "source": "S3Rec paper (CIKM 2020), SASRec row, Beauty"}
@@ -44,32 +48,37 @@ OUTSIDE_REFERENCE = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "beauty")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "sasrec_beauty.json")
-    parser.add_argument("--export", type=Path, default=None, help="folder for the model and id features")
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--num-heads", type=int, default=1)
-    parser.add_argument("--max-len", type=int, default=50)
-    parser.add_argument("--dropout", type=float, default=0.5)
-    parser.add_argument("--loss", default="sampled", choices=["ce", "sampled", "bce"])
-    parser.add_argument("--num-negatives", type=int, default=512, help="negatives per batch of the sampled loss")
-    parser.add_argument("--num-epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--eval-every", type=int, default=5)
-    parser.add_argument("--patience", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--max-users", type=int, default=None, help="quick check on the first N users (not comparable)")
-    args = parser.parse_args()
+@dataclass
+class SASRecBeautyArguments:
+    """The flags of `python -m benchmarks.sasrec_beauty` (a SASRec budget of its own, hence its own names)."""
+
+    data_dir: Path = field(default=REPO.parent / "shared" / "data" / "beauty", metadata={"help": "holds Beauty.txt"})
+    output: Path = field(default=REPO / "benchmarks" / "results" / "sasrec_beauty.json", metadata={"help": "report"})
+    export: Path | None = field(default=None, metadata={"help": "folder for the model and id features"})
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 1
+    max_len: int = 50
+    dropout: float = 0.5
+    loss: str = field(default="sampled", metadata={"choices": ["ce", "sampled", "bce"]})
+    num_negatives: int = field(default=512, metadata={"help": "negatives per batch of the sampled loss"})
+    num_epochs: int = 40
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    eval_every: int = 5
+    patience: int = 6
+    seed: int = 0
+    device: str | None = None
+    max_users: int | None = field(default=None, metadata={"help": "quick check on the first N users (not comparable)"})
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args, _ = parse_arguments(SASRecBeautyArguments, argv, __doc__.split("\n\n")[0])
 
     job_start = time.perf_counter()
     sequence_file = args.data_dir / "Beauty.txt"
     if not sequence_file.is_file():
-        sys.exit(f"{sequence_file} not found: pass --data-dir pointing at shared/data/beauty.")
+        sys.exit(f"{sequence_file} not found: pass --data_dir pointing at shared/data/beauty.")
     rec = load_s3rec(sequence_file, name="Beauty")
     if args.max_users:
         rec.sequences = rec.sequences.select(range(args.max_users))
@@ -106,7 +115,7 @@ def main() -> None:
 
     device = next(result.model.parameters()).device
     report = {
-        "command": "python " + " ".join(sys.argv),
+        "command": command_line(__spec__.name, argv),
         "dataset": {"name": "Amazon Beauty 2014 5-core (S3Rec Beauty.txt)", **rec.statistics()},
         "protocol": {
             "split": "leave-one-out (last item test, second last validation)",

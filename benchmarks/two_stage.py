@@ -2,7 +2,7 @@
 Speeder model reranks them; the target's rank over the whole catalog is its rank in the reranked list when SASRec
 retrieved it, else a miss. Compared, on the same test users, with SASRec's own full ranking (the retriever alone).
 
-    python benchmarks/two_stage.py --model-dir outputs/speeder-beauty --dataset beauty --max-users 2000
+    python -m benchmarks.two_stage --model_dir outputs/speeder-beauty --dataset beauty --max_users 2000
 
 Writes `<out>/two_stage.json` (`{dataset: {n_users, sasrec, two_stage, retriever_recall, command, ...}}`), keeping
 other datasets' entries.
@@ -10,39 +10,41 @@ other datasets' entries.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speeder_hf.data import load_dataset_by_name, make_split
+from speeder_hf.export import load_pretrained_bundle
+from speeder_hf.finetune import job_field
+from speeder_hf.metrics import rank_metrics
+from speeder_hf.recommend import Recommender, Request, SASRecRetriever
+from speeder_hf.sasrec import sasrec_ranks
 
-from common import RESULTS_DIR, command_line, machine_description, setup_logging, today, write_json  # noqa: E402
-
-from speeder_hf.data import load_dataset_by_name, make_split  # noqa: E402
-from speeder_hf.export import load_pretrained_bundle  # noqa: E402
-from speeder_hf.metrics import rank_metrics  # noqa: E402
-from speeder_hf.recommend import Recommender, Request, SASRecRetriever  # noqa: E402
-from speeder_hf.sasrec import sasrec_ranks  # noqa: E402
+from .arguments import parse_arguments
+from .common import RESULTS_DIR, command_line, machine_description, setup_logging, today, write_json
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-dir", type=Path, required=True, help="a bundle saved by the main job (with sasrec/)")
-    parser.add_argument("--dataset", default="beauty")
-    parser.add_argument("--max-users", type=int, default=2000, help="seeded subset of the test users")
-    parser.add_argument("--retrieve", type=int, default=None, help="items retrieved (default: the model's candidates)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args(argv)
-    args.argv = argv
-    return args
+@dataclass
+class TwoStageArguments:
+    """The flags of `python -m benchmarks.two_stage`."""
+
+    model_dir: Path = field(metadata={"help": "a bundle saved by the main job (with sasrec/)"})
+    dataset: str = job_field("dataset")
+    max_users: int = field(default=2000, metadata={"help": "seeded subset of the test users"})
+    retrieve: int | None = field(default=None, metadata={"help": "items retrieved (default: the model's candidates)"})
+    batch_size: int = field(default=32, metadata={"help": "requests reranked per forward pass"})
+    seed: int = job_field("seed")
+    out: Path = field(default=RESULTS_DIR, metadata={"help": "folder for two_stage.json"})
+
+
+def parse_args(argv: list[str] | None = None) -> TwoStageArguments:
+    return parse_arguments(TwoStageArguments, argv, __doc__.split("\n\n")[0])[0]
 
 
 @torch.no_grad()
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         "protocol": f"leave-one-out test users (seeded subset of {args.max_users}); the target ranked over all "
         f"{rec.num_items} items minus the history; two_stage: Speeder reranks SASRec's top {k}",
         "model_dir": str(args.model_dir),
-        "command": command_line(__file__, args.argv),
+        "command": command_line(__spec__.name, argv),
         "machine": machine_description(),
         "date": today(),
         "wall_seconds": round(time.perf_counter() - start, 1),

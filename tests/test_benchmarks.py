@@ -1,5 +1,5 @@
 """Baselines (LLaRA curriculum, uncompressed MLLM style) and the benchmark scripts: `--quick` runs of
-benchmarks/efficiency.py and benchmarks/accuracy.py produce every field of their result files, and the README
+`benchmarks.efficiency` and `benchmarks.accuracy` produce every field of their result files, and the README
 section is rendered from them."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import os
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +18,7 @@ import transformers
 from conftest import require_package, require_shared_data, tiny_llm, tiny_tokenizer
 from PIL import Image
 
+from benchmarks import accuracy, common, efficiency, mpo_share, report
 from speeder_hf import SpeederConfig
 from speeder_hf.backbones import load_llm
 from speeder_hf.baselines import (
@@ -31,15 +31,6 @@ from speeder_hf.collator import SpeederDataCollator
 from speeder_hf.data import make_split
 from speeder_hf.evaluation import collect_outcomes, evaluate_ranking
 from speeder_hf.prompts import PromptBuilder
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import accuracy  # noqa: E402
-import common  # noqa: E402
-import efficiency  # noqa: E402
-import mpo_share  # noqa: E402
-import report  # noqa: E402
 
 TITLES = [f"{noun} {color}" for color in ("red", "blue", "green") for noun in "lipstick mascara soap cream gel".split()]
 ROWS = [
@@ -279,7 +270,7 @@ def test_layer_cut_still_reports_weights_that_did_not_load(tmp_path, caplog):
 def quick_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("results")
     eff = efficiency.main(["--quick", "--out", str(out)])
-    acc = accuracy.main(["--quick", "--out", str(out), "--curve-every", "1", "--curve-users", "6"])
+    acc = accuracy.main(["--quick", "--out", str(out), "--curve_every", "1", "--curve_users", "6"])
     return out, eff, acc
 
 
@@ -386,12 +377,12 @@ def test_accuracy_resume_keeps_finished_methods_and_time_budget_skips(quick_resu
     assert set(result["synthetic"]["methods"]) == set(accuracy.ALL_METHODS)
     with pytest.raises(SystemExit):  # nothing to replace without --resume
         accuracy.parse_args(["--redo"])
-    result = accuracy.main(["--quick", "--out", str(tmp_path), "--methods", "sasrec", "--time-budget-s", "0"])
+    result = accuracy.main(["--quick", "--out", str(tmp_path), "--methods", "sasrec", "--time_budget_s", "0"])
     assert result["synthetic"]["methods"] == {} and "time budget" in result["synthetic"]["skipped"]["sasrec"]
 
 
 def test_accuracy_evaluates_the_validation_users_when_asked(tmp_path):
-    result = accuracy.main(["--quick", "--out", str(tmp_path), "--methods", "sasrec", "--eval-split", "validation"])
+    result = accuracy.main(["--quick", "--out", str(tmp_path), "--methods", "sasrec", "--eval_split", "validation"])
     assert result["synthetic"]["data"]["eval_split"] == "validation"
     assert "12 validation users" in (tmp_path / "accuracy.md").read_text()
     rec = common.synthetic_data().rec
@@ -405,7 +396,7 @@ def test_mpo_share_compares_stage_splits_on_validation_users(tmp_path):
     result = mpo_share.main(["--quick", "--out", str(tmp_path), "--shares", "equal,0.5"])
     assert result["eval_split"] == "validation" and (tmp_path / "mpo_share.png").stat().st_size > 0
     written = json.loads((tmp_path / "mpo_share.json").read_text())
-    assert written["command"] == "python benchmarks/mpo_share.py --quick --out " + f"{tmp_path} --shares equal,0.5"
+    assert written["command"] == "python -m benchmarks.mpo_share --quick --out " + f"{tmp_path} --shares equal,0.5"
     found = written["datasets"]["synthetic"]
     assert found["data"]["eval_split"] == "validation" and found["budget"]["train_samples"] == 24
     splits = {name: v["train_samples_per_stage"] for name, v in found["variants"].items()}
@@ -418,7 +409,7 @@ def test_mpo_share_compares_stage_splits_on_validation_users(tmp_path):
         assert (
             0 <= variant["VHR@1"] <= 1
             and variant["num_samples"] == 12
-            and "--eval-split validation" in (variant["accuracy_command"])
+            and "--eval_split validation" in (variant["accuracy_command"])
         )
     section = "\n".join(report.mpo_share_section(written, "mpo_share.png"))
     assert "| speeder_no_mpo (one stage) | 24 |" in section and "12 validation users" in section
@@ -436,7 +427,7 @@ class Killed(BaseException):
 def test_accuracy_continues_an_interrupted_method_from_its_checkpoint(tmp_path, monkeypatch):
     work = tmp_path / "work"
     # half of the 24 samples in the last stage: 12 samples of batch 8 make it the only stage with 2 steps
-    run = ["--quick", "--methods", "speeder", "--final-stage-share", "0.5"]
+    run = ["--quick", "--methods", "speeder", "--final_stage_share", "0.5"]
     last_stage = work / "synthetic" / "speeder" / "stage-3-all"
     trained = []  # (stage folder, optimizer steps already done) at each training step of a sitting
     kill_at = [None]
@@ -451,7 +442,7 @@ def test_accuracy_continues_an_interrupted_method_from_its_checkpoint(tmp_path, 
 
     monkeypatch.setattr(transformers.Trainer, "training_step", counted)
     # (a resumed run keeps methods already in its --out; each sitting here writes to a fresh folder)
-    uninterrupted = accuracy.main([*run, "--work-dir", str(tmp_path / "whole"), "--out", str(tmp_path / "whole")])
+    uninterrupted = accuracy.main([*run, "--work_dir", str(tmp_path / "whole"), "--out", str(tmp_path / "whole")])
     whole = uninterrupted["synthetic"]["methods"]["speeder"]
     assert whole["train_sittings"] == 1 and whole["train_started_at_commit"]
     assert whole["train_samples_per_stage"] == [4, 4, 4, 12]
@@ -461,7 +452,7 @@ def test_accuracy_continues_an_interrupted_method_from_its_checkpoint(tmp_path, 
     trained.clear()
     kill_at[0] = (last_stage.name, 1)
     with pytest.raises(Killed):
-        accuracy.main([*run, "--work-dir", str(work), "--out", str(tmp_path / "first")])
+        accuracy.main([*run, "--work_dir", str(work), "--out", str(tmp_path / "first")])
     assert trained[-1] == (last_stage.name, 0)
     assert [path.name for path in last_stage.glob("checkpoint-*")] == ["checkpoint-1"]
     assert not (last_stage / "mpo_stage_done.json").exists() and not (last_stage / "final").exists()
@@ -469,7 +460,7 @@ def test_accuracy_continues_an_interrupted_method_from_its_checkpoint(tmp_path, 
 
     trained.clear()
     kill_at[0] = None
-    run = [*run, "--work-dir", str(work)]
+    run = [*run, "--work_dir", str(work)]
     again = accuracy.main([*run, "--out", str(tmp_path / "second"), "--resume"])["synthetic"]["methods"]["speeder"]
     assert again["train_sittings"] == 2 and again["train_seconds"] >= trained_before > 0
     # the second sitting trained only the step left (step 2 of the last stage), not the stage or the run afresh
@@ -488,7 +479,7 @@ def test_accuracy_continues_an_interrupted_method_from_its_checkpoint(tmp_path, 
 
 def test_accuracy_continues_an_interrupted_evaluation_from_its_last_saved_batch(tmp_path, monkeypatch):
     work = tmp_path / "work"
-    run = ["--quick", "--methods", "llara", "--work-dir", str(work)]
+    run = ["--quick", "--methods", "llara", "--work_dir", str(work)]
     first = accuracy.main([*run, "--out", str(tmp_path / "first")])["synthetic"]["methods"]["llara"]
     saved = sorted((work / "synthetic" / "llara" / accuracy.EVAL_FOLDER).glob("rows-*.json"))
     assert [path.name for path in saved] == ["rows-000000.json", "rows-000005.json", "rows-000010.json"]
@@ -513,13 +504,13 @@ def test_accuracy_continues_an_interrupted_evaluation_from_its_last_saved_batch(
 
     # other rows (validation users) are never answered from the test rows' saved outcomes
     calls.clear()
-    other = accuracy.main([*run, "--out", str(tmp_path / "third"), "--resume", "--eval-split", "validation"])
+    other = accuracy.main([*run, "--out", str(tmp_path / "third"), "--resume", "--eval_split", "validation"])
     assert calls == [5, 5, 2] and other["synthetic"]["methods"]["llara"]["eval_sittings"] == 1
 
 
 def test_report_renders_the_results_page_and_the_headline_from_the_json(quick_results, tmp_path, capsys):
     out, _, _ = quick_results
-    page = report.main(["--results-dir", str(out), "--out", str(tmp_path / "docs" / "RESULTS.md")])
+    page = report.main(["--results_dir", str(out), "--out", str(tmp_path / "docs" / "RESULTS.md")])
     assert (tmp_path / "docs" / "RESULTS.md").read_text() == page
     assert page.startswith("# Results\n") and "## Efficiency" in page and "## Accuracy" in page
     assert "| 50 | mllm |" in page and "speeder vs mllm" in page
@@ -529,7 +520,7 @@ def test_report_renders_the_results_page_and_the_headline_from_the_json(quick_re
     assert f"![efficiency]({os.path.relpath(out / 'efficiency.png', tmp_path / 'docs')})" in page
     # the headline table is the page's first table, and what --headline prints (the README's table)
     capsys.readouterr()
-    headline = report.main(["--results-dir", str(out), "--headline"])
+    headline = report.main(["--results_dir", str(out), "--headline"])
     assert capsys.readouterr().out == headline and headline.rstrip("\n") in page
     (row,) = [line for line in headline.splitlines() if line.startswith("| synthetic |")]
     speeder = json.loads((out / "accuracy.json").read_text())["synthetic"]["methods"]["speeder"]
@@ -555,23 +546,22 @@ def test_prepared_data_round_trip(tmp_path):
     for modality in data.catalog.modalities:  # stored as float16
         assert np.allclose(loaded.catalog.features[modality], data.catalog.features[modality], atol=2e-2)
     assert loaded.spatial.shape == data.spatial.shape and loaded.sasrec.num_items == data.rec.num_items
-    with pytest.raises(FileNotFoundError, match="prepare_catalogs.py"):
+    with pytest.raises(FileNotFoundError, match="benchmarks.prepare_catalogs"):
         common.load_bench_data(tmp_path / "absent")
 
 
-def test_sasrec_benchmark_report_has_the_issue_keys_and_renders(tmp_path, monkeypatch):
-    import sasrec_beauty
+def test_sasrec_benchmark_report_has_the_issue_keys_and_renders(tmp_path):
+    from benchmarks import sasrec_beauty
 
     beauty_dir = require_shared_data("beauty/Beauty.txt") / "beauty"
     output = tmp_path / "sasrec_beauty.json"
-    argv = ["sasrec_beauty.py", "--data-dir", str(beauty_dir), "--max-users", "300", "--num-epochs", "2"]
-    monkeypatch.setattr(sys, "argv", [*argv, "--eval-every", "1", "--output", str(output)])
-    sasrec_beauty.main()
+    argv = ["--data_dir", str(beauty_dir), "--max_users", "300", "--num_epochs", "2"]
+    sasrec_beauty.main([*argv, "--eval_every", "1", "--output", str(output)])
     result = json.loads(output.read_text())
     assert set(result["full_ranking"]) == {"HR@10", "NDCG@10"}
     assert set(result["candidates_20"]) == {"HR@1", "HR@5", "NDCG@5"}
     assert all(0.0 <= v <= 1.0 for v in [*result["full_ranking"].values(), *result["candidates_20"].values()])
-    assert result["command"].startswith("python sasrec_beauty.py --data-dir")
+    assert result["command"].startswith("python -m benchmarks.sasrec_beauty --data_dir")
     section = "\n".join(report.sasrec_section(result))
     assert f"{result['full_ranking']['HR@10']:.4f}" in section and result["command"] in section
 

@@ -279,13 +279,9 @@ def test_build_catalog_on_a_malformed_line_prints_one_line_naming_file_and_line(
 
 
 def test_two_stage_ranks_the_whole_catalog_and_cannot_find_what_was_not_retrieved(trained, tiny_data, tmp_path):
-    import sys
+    from benchmarks import report, two_stage
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import report
-    import two_stage
-
-    argv = ["--model-dir", str(trained), "--dataset", str(tiny_data / "data"), "--max-users", "12"]
+    argv = ["--model_dir", str(trained), "--dataset", str(tiny_data / "data"), "--max_users", "12"]
     entry = two_stage.main(argv + ["--retrieve", "5", "--out", str(tmp_path)])[str(tiny_data / "data")]
     assert entry["n_users"] == 12 and entry["retrieved"] == 5
     sasrec, two = entry["sasrec"], entry["two_stage"]

@@ -1,6 +1,6 @@
 """The README is a front page whose code runs: the quickstart against the demo's output (skipped where `make demo`
 has not run), the build-your-own with tiny in-process models in place of the real LLM, text encoder and data, and
-its results table is the one `benchmarks/report.py --headline` generates."""
+its results table is the one `python -m benchmarks.report --headline` generates."""
 
 from __future__ import annotations
 
@@ -47,14 +47,11 @@ def test_readme_is_a_front_page_that_installs_as_the_makefile_does():
 
 def test_readme_results_table_is_the_generated_headline():
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "report.py"), "--headline"],
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-m", "benchmarks.report", "--headline"], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() in README.read_text(), (
         "The README's results table differs from the committed results: paste the output of "
-        "`python benchmarks/report.py --headline` into its Results section."
+        "`python -m benchmarks.report --headline` into its Results section."
     )
 
 
@@ -122,6 +119,6 @@ def test_build_your_own_runs_with_tiny_models(tmp_path, monkeypatch):
 def test_results_page_is_what_the_committed_results_render():
     # docs/RESULTS.md is generated: a hand edit, or a result file committed without regenerating it, fails here.
     result = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "report.py"), "--check"], capture_output=True, text=True
+        [sys.executable, "-m", "benchmarks.report", "--check"], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr or result.stdout

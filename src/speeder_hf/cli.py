@@ -27,7 +27,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from .data import DataFormatError
-from .finetune import FinetuneArguments
+from .finetune import FinetuneArguments, job_field
 from .recommend import UnknownItemError
 
 logger = logging.getLogger(__name__)
@@ -54,30 +54,21 @@ def _split(rec, model_config, seed: int):
 
 
 # ----- subcommands ---------------------------------------------------------------------------------------------
-_FINETUNE_FIELDS = {f.name: f for f in dataclasses.fields(FinetuneArguments)}
-
-
-def _like(name: str):
-    """A field with the default and help of `FinetuneArguments.<name>`."""
-    field = _FINETUNE_FIELDS[name]
-    return dataclasses.field(default=field.default, metadata=dict(field.metadata))
-
-
 @dataclasses.dataclass
 class CatalogArguments:
     """The flags of `build-catalog`: the catalog-related fields of `FinetuneArguments`, plus `out`."""
 
     out: str = dataclasses.field(metadata={"help": "Folder to save the catalog (and sasrec/) to."})
-    dataset: str = _like("dataset")
-    modalities: str = _like("modalities")
-    text_encoder: str | None = _like("text_encoder")
-    text_max_length: int = _like("text_max_length")
-    image_encoder: str | None = _like("image_encoder")
-    cache_dir: str | None = _like("cache_dir")
-    max_history_len: int = _like("max_history_len")
-    num_candidates: int = _like("num_candidates")
-    sasrec_epochs: int = _like("sasrec_epochs")
-    seed: int = _like("seed")
+    dataset: str = job_field("dataset")
+    modalities: str = job_field("modalities")
+    text_encoder: str | None = job_field("text_encoder")
+    text_max_length: int = job_field("text_max_length")
+    image_encoder: str | None = job_field("image_encoder")
+    cache_dir: str | None = job_field("cache_dir")
+    max_history_len: int = job_field("max_history_len")
+    num_candidates: int = job_field("num_candidates")
+    sasrec_epochs: int = job_field("sasrec_epochs")
+    seed: int = job_field("seed")
 
 
 def build_catalog_command(args: argparse.Namespace) -> None:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,20 @@ class FinetuneArguments:
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 setattr(self, name, None)
+
+
+def job_field(name: str, default: Any = MISSING, help: str | None = None) -> Any:
+    """A dataclass field with the default and help of `FinetuneArguments.<name>`, for the other command lines that
+    take the same knob (`speeder-hf build-catalog`, the benchmarks), so it has one flag spelling and one meaning.
+
+    Args:
+        default, help: override the job's, where that command's budget or wording differs.
+    """
+    job = {f.name: f for f in fields(FinetuneArguments)}[name]
+    metadata = dict(job.metadata)
+    if help is not None:
+        metadata["help"] = help
+    return field(default=job.default if default is MISSING else default, metadata=metadata)
 
 
 def load_named_dataset(name: str) -> RecDataset:
