@@ -34,8 +34,9 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from speeder_hf import SpeederForSequentialRec
-from speeder_hf.baselines import LlaraCurriculumCallback, LlaraForSequentialRec, MLLMForSequentialRec
+from speeder_hf.baselines import LlaraCurriculumCallback, LlaraForSequentialRec, MLLMDataCollator, MLLMForSequentialRec
 from speeder_hf.catalog import ItemCatalog
+from speeder_hf.collator import SpeederDataCollator
 from speeder_hf.data import RecDataset, make_split, training_sequences
 from speeder_hf.sasrec import SASRec, sasrec_item_features, train_sasrec
 
@@ -268,10 +269,13 @@ def build_model(
     return model, tokenizer
 
 
-def make_collator(spec: MethodSpec, model, tokenizer, data: BenchData, mode: str = "train"):
-    from speeder_hf.collator import SpeederDataCollator
+def collator_class(spec: MethodSpec) -> type[SpeederDataCollator]:
+    """The collator of a method's prompts: the baseline's own for the `mllm` style, Speeder's for the others."""
+    return MLLMDataCollator if spec.needs_images else SpeederDataCollator
 
-    return SpeederDataCollator(
+
+def make_collator(spec: MethodSpec, model, tokenizer, data: BenchData, mode: str = "train"):
+    return collator_class(spec)(
         tokenizer,
         model.config,
         item_titles=data.catalog.titles,

@@ -24,7 +24,10 @@ from speeder_hf.backbones import load_llm
 from speeder_hf.baselines import (
     LlaraCurriculumCallback,
     LlaraForSequentialRec,
+    MLLMConfig,
+    MLLMDataCollator,
     MLLMForSequentialRec,
+    MLLMPromptBuilder,
     spatial_image_features,
 )
 from speeder_hf.collator import SpeederDataCollator
@@ -69,8 +72,8 @@ def tiny_mllm(num_image_tokens: int = 3, image_dim: int = 6):
 
 # ----- prompts and models ----------------------------------------------------------------------------------------
 def test_mllm_prompt_writes_title_image_cells_and_id_slot_per_item():
-    config = SpeederConfig(max_history_len=4, num_candidates=2, image_token="<image>", num_image_tokens=2)
-    rendered = PromptBuilder(config, TITLES, prompt_style="mllm", answer_mode="title").render([0, 1], [2, 3], 3)
+    config = MLLMConfig(max_history_len=4, num_candidates=2, image_token="<image>", num_image_tokens=2)
+    rendered = MLLMPromptBuilder(config, TITLES, prompt_style="mllm", answer_mode="title").render([0, 1], [2, 3], 3)
     assert rendered.prompt == (
         "This user has interacted with lipstick red <image><image><item>, mascara red <image><image><item> in the "
         "previous. Please predict the next item this user will interact with. Choose the answer from the following 2 "
@@ -81,17 +84,24 @@ def test_mllm_prompt_writes_title_image_cells_and_id_slot_per_item():
 
 
 def test_mllm_prompt_needs_image_settings_and_rejects_titles_with_the_image_token():
-    with pytest.raises(ValueError, match="mllm prompt style needs config.image_token"):
-        PromptBuilder(SpeederConfig(), TITLES, prompt_style="mllm")
-    config = SpeederConfig(num_candidates=2, image_token="<image>", num_image_tokens=2)
+    with pytest.raises(ValueError, match="mllm prompt style needs an MLLMConfig"):
+        MLLMPromptBuilder(SpeederConfig(), TITLES, prompt_style="mllm")
+    with pytest.raises(ValueError, match="prompt_style must be one of"):  # Speeder's own builder has no mllm style
+        PromptBuilder(MLLMConfig(), TITLES, prompt_style="mllm")
+    with pytest.raises(ValueError, match="num_image_tokens must be >= 1"):
+        MLLMConfig(num_image_tokens=0)
+    config = MLLMConfig(num_candidates=2, image_token="<image>", num_image_tokens=2)
     titles = ["a <image> b", *TITLES[1:]]
     with pytest.raises(ValueError, match="reserved token '<image>'"):
-        PromptBuilder(config, titles, prompt_style="mllm", answer_mode="title").render([1], [0, 2], 2)
+        MLLMPromptBuilder(config, titles, prompt_style="mllm", answer_mode="title").render([1], [0, 2], 2)
+    # The other styles render as Speeder's builder does.
+    plain = PromptBuilder(config, TITLES, prompt_style="llara", answer_mode="title").render([1], [0, 2], 2)
+    assert MLLMPromptBuilder(config, TITLES, prompt_style="llara", answer_mode="title").render([1], [0, 2], 2) == plain
 
 
 def test_mllm_collator_counts_image_placeholders_and_model_splices_feature_maps():
     model, tokenizer = tiny_mllm()
-    collator = SpeederDataCollator(tokenizer, model.config, TITLES, prompt_style="mllm", answer_mode="title")
+    collator = MLLMDataCollator(tokenizer, model.config, TITLES, prompt_style="mllm", answer_mode="title")
     batch = collator(ROWS)
     n_items = len(batch["item_ids"])
     assert n_items == 3 + 5 + 1 + 5
@@ -116,9 +126,7 @@ def test_mllm_collator_counts_image_placeholders_and_model_splices_feature_maps(
 def test_mllm_generation_never_emits_placeholders_and_bad_patch_shapes_fail():
     model, tokenizer = tiny_mllm()
     assert model.config.image_token_id in model.never_generate_ids
-    collator = SpeederDataCollator(
-        tokenizer, model.config, TITLES, mode="eval", prompt_style="mllm", answer_mode="title"
-    )
+    collator = MLLMDataCollator(tokenizer, model.config, TITLES, mode="eval", prompt_style="mllm", answer_mode="title")
     batch = collator(ROWS)
     SpeederDataCollator.pop_metadata(batch)
     new = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=0)
@@ -127,7 +135,7 @@ def test_mllm_generation_never_emits_placeholders_and_bad_patch_shapes_fail():
         model.set_image_patches(torch.zeros(15, 2, 6))
     metrics = evaluate_ranking(
         model, tokenizer, ROWS, TITLES, prompt_style="mllm", answer_mode="title", max_new_tokens=4,
-        show_progress=False,
+        show_progress=False, collator_class=MLLMDataCollator,
     )  # fmt: skip
     assert metrics["prompt_style"] == "mllm" and metrics["num_samples"] == 2
 

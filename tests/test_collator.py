@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import tiny_speeder, tiny_tokenizer
 
-from speeder_hf.collator import IGNORE_INDEX, SpeederDataCollator, _check_placeholders
+from speeder_hf.collator import IGNORE_INDEX, SpeederDataCollator, check_placeholders
 
 NOUNS = "lipstick mascara shampoo soap cream brush nail gel oil mask".split()
 COLORS = "red blue green".split()
@@ -160,5 +160,5 @@ def test_bad_input_raises(model_and_tokenizer):
 def test_placeholder_count_mismatch_names_token_and_count():
     # The builder strips reserved tokens from titles, so only a tokenizer that splits or merges them gets here.
     with pytest.raises(ValueError, match=r"3 <item> placeholders, expected 4 \(2 items x 2\)"):
-        _check_placeholders([5, 9, 9, 9], "<item>", 9, n_items=2, per_item=2)
-    _check_placeholders([9, 5, 9], "<item>", 9, n_items=1, per_item=2)
+        check_placeholders([5, 9, 9, 9], "<item>", 9, n_items=2, per_item=2)
+    check_placeholders([9, 5, 9], "<item>", 9, n_items=1, per_item=2)

@@ -16,6 +16,7 @@ from test_benchmarks import tiny_mllm
 from test_evaluation import ROWS, TITLES, writing_titles
 from transformers import AutoModel, TrainerCallback, TrainingArguments, pipeline
 
+from speeder_hf.baselines import MLLMDataCollator
 from speeder_hf.catalog import ItemCatalog
 from speeder_hf.collator import SpeederDataCollator
 from speeder_hf.evaluation import collect_outcomes, evaluate_ranking
@@ -107,7 +108,7 @@ def test_mllm_baseline_trains_and_generates_on_cuda():
     model.to("cuda")
     assert model.image_patches.device.type == "cuda"
     rows = [{"history": [0, 1, 2], "candidates": [3, 4, 5, 6, 7], "target": 5}]
-    collator = SpeederDataCollator(tokenizer, model.config, TITLES, prompt_style="mllm", answer_mode="title")
+    collator = MLLMDataCollator(tokenizer, model.config, TITLES, prompt_style="mllm", answer_mode="title")
     batch = {k: v.to("cuda") for k, v in collator(rows).items()}
     model.train()
     model(**batch).loss.backward()
@@ -115,6 +116,6 @@ def test_mllm_baseline_trains_and_generates_on_cuda():
     model.eval()
     metrics = evaluate_ranking(
         model, tokenizer, rows, TITLES, prompt_style="mllm", answer_mode="title", max_new_tokens=4,
-        show_progress=False,
+        show_progress=False, collator_class=MLLMDataCollator,
     )  # fmt: skip
     assert metrics["num_samples"] == 1

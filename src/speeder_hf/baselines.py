@@ -4,7 +4,8 @@
   LLaRA's curriculum from text-only to hybrid prompts (`LlaraCurriculumCallback`, driven by the global step).
 - `MLLMForSequentialRec`: an uncompressed, LLaVA-like multimodal recommender: per item its title, its image as the
   image encoder's spatial feature map projected to one LLM token per map cell (e.g. 7x7 = 49 for EfficientNet-Lite0),
-  and the ID token. It stands in for MLLM recommenders that feed raw image tokens.
+  and the ID token. It stands in for MLLM recommenders that feed raw image tokens. Its config (`MLLMConfig`), prompt
+  style (`MLLMPromptBuilder`, `mllm`) and collator (`MLLMDataCollator`) extend Speeder's, which know nothing of it.
 - `spatial_image_features`: the per-cell image features the `mllm` baseline reads.
 
 The `text` (TALLRec-like) baseline needs no model code: it is the plain model with `prompt_style="text"` and title
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,8 +24,11 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from .collator import SpeederDataCollator, check_placeholders
+from .configuration_speeder import PROMPT_STYLES, SpeederConfig
 from .item_features import check_finite
 from .modeling_speeder import SpeederForSequentialRec
+from .prompts import LLARA_TEMPLATE, TEMPLATES, PromptBuilder, RenderedPrompt
 
 if TYPE_CHECKING:  # the encoders (and PIL) are needed only to extract features, not to train or evaluate
     from .encoders import ImageEncoder
@@ -87,6 +91,92 @@ class SpatialImageProjector(nn.Module):
         return self.fc2(self.act(self.fc1(patches)))
 
 
+class MLLMConfig(SpeederConfig):
+    """`SpeederConfig` plus the image tokens of the uncompressed multimodal baseline.
+
+    Args:
+        image_token: the image placeholder, one per feature-map cell of an item.
+        num_image_tokens: feature-map cells (image tokens) per item.
+        image_feature_dim: channels of a cell's feature vector.
+        image_token_id: the placeholder's id, recorded by `MLLMForSequentialRec.from_llm`.
+        **kwargs: `SpeederConfig`'s arguments; the config's `prompt_style` is `llara`, whose instruction the `mllm`
+            style shares, and collators are asked for `prompt_style="mllm"`.
+    """
+
+    model_type = "speeder_mllm"
+
+    def __init__(
+        self,
+        image_token: str = "<image>",
+        num_image_tokens: int = 49,
+        image_feature_dim: int = 1280,
+        image_token_id: int | None = None,
+        **kwargs: Any,
+    ):
+        if num_image_tokens < 1:
+            raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}.")
+        self.image_token = image_token
+        self.num_image_tokens = num_image_tokens
+        self.image_feature_dim = image_feature_dim
+        self.image_token_id = image_token_id
+        super().__init__(**kwargs)
+
+
+class MLLMPromptBuilder(PromptBuilder):
+    """Adds the `mllm` prompt style: LLaRA's instruction with each item written as `{title} <image>...<image><item>`,
+    `num_image_tokens` image placeholders (one per cell of the image encoder's spatial feature map) and the ID slot.
+    Every item gets its image placeholders; the model fills those of an item without an image from an all-zero map.
+
+    Raises:
+        ValueError: `config` is not an `MLLMConfig` (it has no image tokens).
+    """
+
+    STYLES: ClassVar[tuple[str, ...]] = (*PROMPT_STYLES, "mllm")
+    # Same instruction as LLaRA's, so the two baselines differ only in how an item is written.
+    TEMPLATES: ClassVar[dict[str, str]] = {**TEMPLATES, "mllm": LLARA_TEMPLATE}
+    TITLED_STYLES: ClassVar[tuple[str, ...]] = ("llara", "mllm")
+
+    def __init__(self, config: SpeederConfig, *args: Any, **kwargs: Any):
+        if not isinstance(config, MLLMConfig):
+            raise ValueError(
+                f"The mllm prompt style needs an MLLMConfig (image tokens), got {type(config).__name__}; build the "
+                "model with speeder_hf.baselines.MLLMForSequentialRec.from_llm."
+            )
+        super().__init__(config, *args, **kwargs)
+        self.image_slot = config.image_token * config.num_image_tokens
+
+    @property
+    def has_slots(self) -> bool:
+        return self.prompt_style == "mllm" or super().has_slots
+
+    def reserved_tokens(self) -> list[str]:
+        return [*super().reserved_tokens(), self.config.image_token]
+
+    def titled_item(self, item: int) -> str:
+        if self.prompt_style == "mllm":
+            return f"{self.title_of(item)} {self.image_slot}{self.item_slot}"
+        return super().titled_item(item)
+
+
+class MLLMDataCollator(SpeederDataCollator):
+    """`SpeederDataCollator` for `MLLMConfig` models: renders with `MLLMPromptBuilder`, so it also takes
+    `prompt_style="mllm"`, and checks that every item slot has its `num_image_tokens` image placeholders (the
+    model fills them from the same catalog rows as the `<item>` slots)."""
+
+    builder_class: ClassVar[type[PromptBuilder]] = MLLMPromptBuilder
+
+    def check_prompt(self, prompt_ids: list[int], rendered: RenderedPrompt) -> None:
+        super().check_prompt(prompt_ids, rendered)
+        if self.builder.prompt_style == "mllm":
+            check_placeholders(
+                prompt_ids,
+                self.config.image_token,
+                self.config.image_token_id,
+                len(rendered.slot_items),
+                self.config.num_image_tokens,
+            )
+
+
 class MLLMForSequentialRec(SpeederForSequentialRec):
     """The uncompressed multimodal baseline (`mllm` prompt style): each item is written as
     `{title} <image> x K <item>`; the K image placeholders get the item's K projected feature-map cells and `<item>`
@@ -97,7 +187,9 @@ class MLLMForSequentialRec(SpeederForSequentialRec):
     `(num_items, K, C)` buffer set by `set_image_patches`; items without an image have an all-zero map.
     """
 
-    def __init__(self, config):
+    config_class = MLLMConfig
+
+    def __init__(self, config: MLLMConfig):
         super().__init__(config)
         self.mrc.image_projector = SpatialImageProjector(config.image_feature_dim, config.text_config.hidden_size)
         self.register_buffer(
@@ -118,7 +210,7 @@ class MLLMForSequentialRec(SpeederForSequentialRec):
     ) -> MLLMForSequentialRec:
         """As `SpeederForSequentialRec.from_llm`, plus the image placeholder token (added to `tokenizer`) and
         `num_image_tokens` feature-map cells of `image_feature_dim` channels per item (recorded in the config)."""
-        if num_image_tokens < 1:
+        if num_image_tokens < 1:  # before the tokenizer is changed
             raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}.")
         tokenizer.add_special_tokens({"additional_special_tokens": [image_token]}, replace_extra_special_tokens=False)
         model = super().from_llm(
@@ -233,7 +325,10 @@ def spatial_image_features(
 __all__ = [
     "LlaraCurriculumCallback",
     "LlaraForSequentialRec",
+    "MLLMConfig",
+    "MLLMDataCollator",
     "MLLMForSequentialRec",
+    "MLLMPromptBuilder",
     "SpatialImageProjector",
     "spatial_image_features",
 ]

@@ -19,7 +19,7 @@ IGNORE_INDEX = -100
 MODES = ("train", "eval")
 
 
-def _check_placeholders(prompt_ids: list[int], token: str, token_id: int, n_items: int, per_item: int) -> None:
+def check_placeholders(prompt_ids: list[int], token: str, token_id: int, n_items: int, per_item: int) -> None:
     """Raises if the tokenizer split or merged a placeholder: the model fills exactly `n_items * per_item` slots."""
     expected = n_items * per_item
     found = prompt_ids.count(token_id)
@@ -51,8 +51,7 @@ class SpeederDataCollator:
         - `labels` (train mode): `(B, S)`, -100 except on the answer tokens (`" " + label`, or `" " + title`
           followed by eos in title mode). Eval prompts end where the answer would begin and have no labels.
         - `item_ids`, `item_recency`: `(n,)`, one catalog row per item slot in row-major placeholder order (each
-          slot is `num_item_tokens` placeholders); absent when the prompts have no slots. In the `mllm` style each
-          slot also has `config.num_image_tokens` image placeholders, filled by the model from the same row.
+          slot is `num_item_tokens` placeholders); absent when the prompts have no slots.
         - for a model with a collaborative or content prior (`config.uses_candidate_priors`): `prior_history`
           `(B, L)`, each row's last `L` history items (at most `config.prior_history_len`) as SASRec tokens
           (catalog row + 1),
@@ -72,6 +71,9 @@ class SpeederDataCollator:
         prompt_style, answer_mode, hybrid: override the config's prompt settings (see `PromptBuilder`).
         shuffle_seed: when set, each row's candidates are shuffled deterministically from this seed and the row.
         pad_to_multiple_of: pad S up to a multiple of this.
+
+    A subclass renders with its own `builder_class` and extends `check_prompt` for the placeholders its prompts add
+    (as `speeder_hf.baselines.MLLMDataCollator` does).
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -90,6 +92,7 @@ class SpeederDataCollator:
     builder: PromptBuilder = field(init=False, repr=False)
 
     METADATA_KEYS: ClassVar[tuple[str, ...]] = ("candidate_items", "target_index", "history_len")
+    builder_class: ClassVar[type[PromptBuilder]] = PromptBuilder
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -103,7 +106,7 @@ class SpeederDataCollator:
         check_tokenizer(self.tokenizer, self.config)
         if self.tokenizer.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token; set tokenizer.pad_token (from_llm uses eos).")
-        self.builder = PromptBuilder(
+        self.builder = self.builder_class(
             self.config,
             self.item_titles,
             self.item_texts,
@@ -120,16 +123,19 @@ class SpeederDataCollator:
         return {key: batch.pop(key) for key in cls.METADATA_KEYS if key in batch}
 
     # ----- one row -----------------------------------------------------------------------------------------
+    def check_prompt(self, prompt_ids: list[int], rendered: RenderedPrompt) -> None:
+        """Raises if the tokenized prompt does not hold `num_item_tokens` item placeholders per slot."""
+        check_placeholders(
+            prompt_ids,
+            self.config.item_token,
+            self.config.item_token_id,
+            len(rendered.slot_items),
+            self.config.num_item_tokens,
+        )
+
     def _tokenize(self, rendered: RenderedPrompt) -> EncodedRow:
         prompt_ids = self.tokenizer(rendered.prompt, add_special_tokens=True)["input_ids"]
-        n_items = len(rendered.slot_items)
-        _check_placeholders(
-            prompt_ids, self.config.item_token, self.config.item_token_id, n_items, self.config.num_item_tokens
-        )
-        if self.builder.prompt_style == "mllm":
-            _check_placeholders(
-                prompt_ids, self.config.image_token, self.config.image_token_id, n_items, self.config.num_image_tokens
-            )
+        self.check_prompt(prompt_ids, rendered)
         if self.mode == "eval":
             return EncodedRow(prompt_ids, [IGNORE_INDEX] * len(prompt_ids), rendered)
         # Prompt and answer are tokenized apart so the labels cover exactly the answer tokens.
@@ -218,4 +224,4 @@ class SpeederDataCollator:
         return {"prior_history": tokens, "candidate_ids": candidates}  # (B, L), (B, C)
 
 
-__all__ = ["IGNORE_INDEX", "EncodedRow", "SpeederDataCollator"]
+__all__ = ["IGNORE_INDEX", "EncodedRow", "SpeederDataCollator", "check_placeholders"]

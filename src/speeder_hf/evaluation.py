@@ -160,6 +160,7 @@ def collect_outcomes(
     max_new_tokens: int = 64,
     show_progress: bool = True,
     num_examples: int = 0,
+    collator_class: type[SpeederDataCollator] = SpeederDataCollator,
 ) -> RankingOutcomes:
     """Answers each row's candidates, batched, and returns the per-row outcomes (`evaluate_ranking` summarises them).
 
@@ -180,13 +181,15 @@ def collect_outcomes(
         max_length: token budget per prompt (oldest history items are dropped to fit).
         num_examples: in title mode, how many of the first rows' generated answers to keep (to see why answers
             are invalid).
+        collator_class: the collator that renders the prompts: `SpeederDataCollator`, or a subclass for a prompt
+            style of its own (`speeder_hf.baselines.MLLMDataCollator`).
 
     Raises:
         ValueError: on an empty dataset, rows with different numbers of candidates, or title answers without
             `item_titles`.
     """
     config = model.config
-    collator = SpeederDataCollator(
+    collator = collator_class(
         tokenizer,
         config,
         item_titles=item_titles,

@@ -99,13 +99,14 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
         Args:
             llm: an `AutoModelForCausalLM` instance, or a local path / Hub id to load one from.
             tokenizer: the LLM's tokenizer; Speeder's special tokens are added to it in place.
-            **config_kwargs: [`SpeederConfig`] fields (modalities, modality_dims, max_history_len, ...).
+            **config_kwargs: fields of the class's config (`SpeederConfig`: modalities, modality_dims,
+                max_history_len, ...).
         """
         from .spae import add_speeder_tokens
 
         if isinstance(llm, str):
             llm = AutoModelForCausalLM.from_pretrained(llm)
-        config = SpeederConfig(text_config=llm.config, **config_kwargs)
+        config = cls.config_class(text_config=llm.config, **config_kwargs)
         add_speeder_tokens(tokenizer, config)
         llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         embeddings = llm.get_input_embeddings().weight.detach()

@@ -14,11 +14,10 @@ Styles (each history item / candidate as written; `<item>` stands for `num_item_
 - `llara` (LLaRA's hybrid prompt): history and candidates `{title} <item>`, comma-separated; with `hybrid=False`
   only `{title}` (LLaRA's text-only curriculum prompt, no slots).
 - `text` (TALLRec-like): history items as their full text, one per line; candidates as titles; no slots.
-- `mllm` (uncompressed multimodal baseline, LLaVA-like): LLaRA's template with each item written as
-  `{title} <image>...<image><item>`: `num_image_tokens` image placeholders (one per cell of the image encoder's
-  spatial feature map) and the ID slot. It needs `config.image_token` and `config.num_image_tokens`, which
-  `speeder_hf.baselines.MLLMForSequentialRec.from_llm` records; every item gets its image placeholders (an item
-  without an image is filled from an all-zero feature map by the model).
+
+A subclass adds a style by extending `STYLES` and `TEMPLATES` and overriding how an item is written
+(`titled_item`), which items have slots (`has_slots`) and which tokens no text may contain (`reserved_tokens`), as
+the benchmarks' uncompressed multimodal baseline does (`speeder_hf.baselines.MLLMPromptBuilder`).
 
 In `index` answer mode candidates are labelled in every style (`(A) {title}` in the titled styles) and the answer is
 `" " + label`, one token; in `title` answer mode the answer is `" " + title` of the target. Position tokens are
@@ -31,29 +30,24 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .configuration_speeder import ANSWER_MODES, PROMPT_STYLES, SpeederConfig
 
-# Styles a builder renders: the config's styles plus the `mllm` baseline, which only the benchmarks' model class
-# (`speeder_hf.baselines.MLLMForSequentialRec`) reads, so it is chosen per builder rather than in the config.
-BUILDER_STYLES = (*PROMPT_STYLES, "mllm")
-
-_LLARA_TEMPLATE = (
+LLARA_TEMPLATE = (
     "This user has interacted with {history} in the previous. Please predict the next item this user will "
     "interact with. Choose the answer from the following {num_candidates} candidates: {candidates}. Answer:"
 )
-_TEMPLATES = {
+TEMPLATES = {
     "speeder": (
         "A user interacted with these items, oldest first:{history}.\n"
         "Which item will the user interact with next? Candidates:{candidates}.\nAnswer:"
     ),
-    "llara": _LLARA_TEMPLATE,
+    "llara": LLARA_TEMPLATE,
     "text": (
         "A user interacted with these items, oldest first:\n{history}\n"
         "Which item will the user interact with next? Candidates: {candidates}.\nAnswer:"
     ),
-    # Same instruction as LLaRA's, so the two baselines differ only in how an item is written.
-    "mllm": _LLARA_TEMPLATE,
 }
 
 
@@ -99,7 +93,17 @@ class PromptBuilder:
         hybrid: `llara` style only; False writes titles without `<item>` (LLaRA's text-only prompt).
         num_items: catalog size used to reject unknown item indices; defaults to `len(item_titles)`, else
             `config.num_items` (0 means unchecked).
+
+    Attributes:
+        STYLES: the prompt styles this builder renders.
+        TEMPLATES: the instruction of each style, with `{history}`, `{candidates}` and `{num_candidates}`.
+        TITLED_STYLES: the styles that write each item as its title (with its slot in hybrid prompts), through
+            `titled_item`.
     """
+
+    STYLES: ClassVar[tuple[str, ...]] = PROMPT_STYLES
+    TEMPLATES: ClassVar[dict[str, str]] = TEMPLATES
+    TITLED_STYLES: ClassVar[tuple[str, ...]] = ("llara",)
 
     def __init__(
         self,
@@ -114,8 +118,8 @@ class PromptBuilder:
         self.config = config
         self.prompt_style = prompt_style or config.prompt_style
         self.answer_mode = answer_mode or config.answer_mode
-        if self.prompt_style not in BUILDER_STYLES:
-            raise ValueError(f"prompt_style must be one of {BUILDER_STYLES}, got {self.prompt_style!r}.")
+        if self.prompt_style not in self.STYLES:
+            raise ValueError(f"prompt_style must be one of {self.STYLES}, got {self.prompt_style!r}.")
         if self.answer_mode not in ANSWER_MODES:
             raise ValueError(f"answer_mode must be one of {ANSWER_MODES}, got {self.answer_mode!r}.")
         self.item_titles = item_titles
@@ -126,22 +130,18 @@ class PromptBuilder:
         self.num_items = num_items
         if item_texts is not None and item_titles is not None and len(item_texts) != len(item_titles):
             raise ValueError(f"item_texts has {len(item_texts)} rows but item_titles has {len(item_titles)}.")
-        self._item_slot = config.item_token * config.num_item_tokens
-        image_token, num_image_tokens = getattr(config, "image_token", None), getattr(config, "num_image_tokens", 0)
-        if self.prompt_style == "mllm" and (not image_token or not num_image_tokens):
-            raise ValueError(
-                "The mllm prompt style needs config.image_token and config.num_image_tokens > 0 (build the model "
-                "with speeder_hf.baselines.MLLMForSequentialRec.from_llm)."
-            )
-        self._image_slot = image_token * num_image_tokens if image_token else ""
+        self.item_slot = config.item_token * config.num_item_tokens
         # Text that would tokenize into a placeholder or position token would silently shift every item slot.
-        reserved = [config.item_token, *config.position_tokens, *([image_token] if image_token else [])]
-        self._reserved = re.compile("|".join(re.escape(token) for token in reserved))
+        self._reserved = re.compile("|".join(re.escape(token) for token in self.reserved_tokens()))
 
     @property
     def has_slots(self) -> bool:
         """Whether prompts of this builder contain `<item>` placeholders."""
-        return self.prompt_style in ("speeder", "mllm") or (self.prompt_style == "llara" and self.hybrid)
+        return self.prompt_style == "speeder" or (self.prompt_style in self.TITLED_STYLES and self.hybrid)
+
+    def reserved_tokens(self) -> list[str]:
+        """The tokens no item text may contain: the item placeholder and the position tokens."""
+        return [self.config.item_token, *self.config.position_tokens]
 
     def render(
         self,
@@ -179,13 +179,13 @@ class PromptBuilder:
             self._check_known(item)
         if self.answer_mode == "title":
             for item in candidates:  # title answers are parsed against every candidate's title
-                self._title(item)
+                self.title_of(item)
 
         history = history[-self.config.max_history_len :]
         if shuffle_seed is not None:
             random.Random(shuffle_seed).shuffle(candidates)
         n = len(history)
-        prompt = _TEMPLATES[self.prompt_style].format(
+        prompt = self.TEMPLATES[self.prompt_style].format(
             history=self._render_history(history),
             candidates=self._render_candidates(candidates),
             num_candidates=len(candidates),
@@ -194,7 +194,7 @@ class PromptBuilder:
         if self.answer_mode == "index":
             answer = " " + self.config.label_tokens[target_index]
         else:
-            answer = " " + self._title(target)
+            answer = " " + self.title_of(target)
 
         if self.has_slots:
             slot_items = history + candidates
@@ -207,30 +207,30 @@ class PromptBuilder:
     def _render_history(self, history: list[int]) -> str:
         if self.prompt_style == "speeder":
             if self.config.spae_absolute:
-                return "".join(p + self._item_slot for p, _ in zip(self.config.position_tokens, history))
-            return ",".join(self._item_slot for _ in history)
-        if self.prompt_style in ("llara", "mllm"):
-            return ", ".join(self._titled_slot(item) for item in history)
+                return "".join(p + self.item_slot for p, _ in zip(self.config.position_tokens, history))
+            return ",".join(self.item_slot for _ in history)
+        if self.prompt_style in self.TITLED_STYLES:
+            return ", ".join(self.titled_item(item) for item in history)
         return "\n".join(self._text(item) for item in history)
 
     def _render_candidates(self, candidates: list[int]) -> str:
         labels = self.config.label_tokens
         if self.prompt_style == "speeder":
             if self.answer_mode == "index":
-                return "".join(f" {label}{self._item_slot}" for label, _ in zip(labels, candidates))
-            return ",".join(self._item_slot for _ in candidates)
-        titled = self.prompt_style in ("llara", "mllm")
-        bodies = [self._titled_slot(item) if titled else self._title(item) for item in candidates]
+                return "".join(f" {label}{self.item_slot}" for label, _ in zip(labels, candidates))
+            return ",".join(self.item_slot for _ in candidates)
+        titled = self.prompt_style in self.TITLED_STYLES
+        bodies = [self.titled_item(item) if titled else self.title_of(item) for item in candidates]
         if self.answer_mode == "index":
             bodies = [f"({label}) {body}" for label, body in zip(labels, bodies)]
         return ", ".join(bodies)
 
-    def _titled_slot(self, item: int) -> str:
-        if self.prompt_style == "mllm":
-            return f"{self._title(item)} {self._image_slot}{self._item_slot}"
-        return f"{self._title(item)} {self._item_slot}" if self.hybrid else self._title(item)
+    def titled_item(self, item: int) -> str:
+        """An item as a titled style writes it: `{title} <item>` (hybrid prompts) or `{title}`."""
+        return f"{self.title_of(item)} {self.item_slot}" if self.hybrid else self.title_of(item)
 
-    def _title(self, item: int) -> str:
+    def title_of(self, item: int) -> str:
+        """The title of catalog row `item` as prompts write it (whitespace collapsed, reserved tokens refused)."""
         title = self.item_titles[item] if self.item_titles is not None else None
         if title is None or not normalize_text(title):
             raise ValueError(
@@ -242,7 +242,7 @@ class PromptBuilder:
     def _text(self, item: int) -> str:
         text = self.item_texts[item] if self.item_texts is not None else None
         if text is None or not normalize_text(text):
-            return self._title(item)
+            return self.title_of(item)
         return self._checked(item, normalize_text(text))
 
     def _checked(self, item: int, text: str) -> str:
@@ -261,4 +261,4 @@ class PromptBuilder:
             raise ValueError(f"Unknown item index {item}: {known}.")
 
 
-__all__ = ["BUILDER_STYLES", "PromptBuilder", "RenderedPrompt", "normalize_text"]
+__all__ = ["LLARA_TEMPLATE", "TEMPLATES", "PromptBuilder", "RenderedPrompt", "normalize_text"]
