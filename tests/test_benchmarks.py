@@ -4,6 +4,7 @@ section is rendered from them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from speeder_hf.baselines import (
 from speeder_hf.collator import SpeederDataCollator
 from speeder_hf.data import make_split
 from speeder_hf.evaluation import collect_outcomes, evaluate_ranking
+from speeder_hf.finetune import FinetuneArguments
 from speeder_hf.prompts import PromptBuilder
 
 TITLES = [f"{noun} {color}" for color in ("red", "blue", "green") for noun in "lipstick mascara soap cream gel".split()]
@@ -280,6 +282,21 @@ def quick_results(tmp_path_factory):
     eff = efficiency.main(["--quick", "--out", str(out)])
     acc = accuracy.main(["--quick", "--out", str(out), "--curve_every", "1", "--curve_users", "6"])
     return out, eff, acc
+
+
+def test_benchmark_flags_are_the_jobs_and_older_spellings_still_parse():
+    job = {f.name: f for f in dataclasses.fields(FinetuneArguments)}
+    for arguments in (accuracy.AccuracyArguments, efficiency.EfficiencyArguments):
+        for f in dataclasses.fields(arguments):
+            if f.name in ("llm", "llm_layers", "learning_rate", "lora_r", "lora_alpha", "num_candidates", "seed"):
+                assert (f.default, f.metadata) == (job[f.name].default, job[f.name].metadata), f.name
+    # --snake_case as the job spells it; --kebab-case and comma lists as the recorded commands wrote them.
+    args = accuracy.parse_args(["--llm_layers", "6", "--catalog-dir", "x", "--datasets", "beauty,sports", "movielens"])
+    assert (args.llm_layers, args.catalog_dir, args.datasets) == (6, Path("x"), ["beauty", "sports", "movielens"])
+    with pytest.raises(SystemExit):  # a bad combination is a usage error, as a bad flag is
+        accuracy.parse_args(["--redo"])
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--no_such_flag", "1"])
 
 
 def test_efficiency_quick_writes_every_field(quick_results):
