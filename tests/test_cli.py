@@ -25,11 +25,11 @@ from speeder_hf.sasrec import SASRec
 SUBCOMMANDS = {
     "build-catalog": "--sasrec_epochs",
     "train": "--stage_steps",
-    "evaluate": "--model-dir",
+    "evaluate": "--model_dir",
     "recommend": "--history",
-    "card": "--eval-results",
-    "push": "--repo-id",
-    "app": "--model-dir",
+    "card": "--eval_results",
+    "push": "--repo_id",
+    "app": "--model_dir",
 }
 
 
@@ -54,13 +54,19 @@ def test_console_script_is_installed():
 
 def test_recommend(saved, capsys):  # noqa: F811
     directory = saved[3]
-    main(["recommend", "--model-dir", str(directory), "--history", "I1", "title 2", "--top-k", "3", "--json"])
+    main(["recommend", "--model_dir", str(directory), "--history", "I1", "title 2", "--top_k", "3", "--json"])
     ranking = json.loads(capsys.readouterr().out)
     expected = Recommender.from_pretrained(str(directory)).recommend([["I1", "title 2"]], top_k=3)[0]
     assert [r["item_id"] for r in ranking] == [r["item_id"] for r in expected]
-    main(["recommend", "--model-dir", str(directory), "--history", "I1", "--candidates", "I4", "I5"])
+    main(["recommend", "--model_dir", str(directory), "--history", "I1", "--candidates", "I4", "I5"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and "[id I4]" in "".join(lines) and "[id I5]" in "".join(lines)
+
+
+def test_flags_are_snake_case_and_kebab_case_still_works(saved, capsys):  # noqa: F811
+    for flags in (["--model_dir", str(saved[3]), "--top_k", "2"], ["--model-dir", str(saved[3]), "--top-k", "2"]):
+        main(["recommend", *flags, "--history", "I1", "--json"])
+        assert len(json.loads(capsys.readouterr().out)) == 2
 
 
 def _one_error_line(capsys) -> str:
@@ -74,14 +80,14 @@ def _one_error_line(capsys) -> str:
 
 
 def test_recommend_unknown_item_is_one_line_and_exit_code_2(saved, capsys):  # noqa: F811
-    assert main(["recommend", "--model-dir", str(saved[3]), "--history", "nope"]) == 2
+    assert main(["recommend", "--model_dir", str(saved[3]), "--history", "nope"]) == 2
     line = _one_error_line(capsys)
     assert line.startswith("speeder-hf recommend: error: Unknown item 'nope'")
 
 
 def test_missing_file_and_bad_flag_value_are_one_line_each(saved, tmp_path, capsys):  # noqa: F811
     missing = tmp_path / "nothing.json"
-    card = ["card", "--model-dir", str(saved[3]), "--eval-results", str(missing), "--out", str(tmp_path / "c.md")]
+    card = ["card", "--model_dir", str(saved[3]), "--eval_results", str(missing), "--out", str(tmp_path / "c.md")]
     assert main(card) == 2
     assert str(missing) in _one_error_line(capsys)
     assert main(["train", "--eval_split", "train"]) == 2
@@ -89,7 +95,7 @@ def test_missing_file_and_bad_flag_value_are_one_line_each(saved, tmp_path, caps
 
 
 def test_verbose_shows_the_traceback_of_an_input_error(saved, capsys):  # noqa: F811
-    assert main(["--verbose", "recommend", "--model-dir", str(saved[3]), "--history", "nope"]) == 2
+    assert main(["--verbose", "recommend", "--model_dir", str(saved[3]), "--history", "nope"]) == 2
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "UnknownItemError" in err
     assert err.strip().splitlines()[-1].startswith("speeder-hf recommend: error: Unknown item 'nope'")
@@ -101,16 +107,16 @@ def test_card(saved, tmp_path, capsys):  # noqa: F811
     main(
         [
             "card",
-            "--model-dir",
+            "--model_dir",
             str(directory),
-            "--eval-results",
+            "--eval_results",
             str(directory / "eval_results.json"),
             "--out",
             str(out),
         ]
     )
     card = ModelCard.load(out)
-    assert card.data.model_name == "speeder-tiny"  # the directory name, without --repo-id
+    assert card.data.model_name == "speeder-tiny"  # the directory name, without --repo_id
     assert card.data.eval_results[0].metric_value == pytest.approx(saved[4]["metrics"]["VHR@1"])
     assert "Wrote the model card" in capsys.readouterr().out
 
@@ -120,7 +126,7 @@ def test_push(saved, tmp_path):  # noqa: F811
     shutil.copytree(saved[3], directory)
     fake = FakeHub()
     with mock.patch("speeder_hf.hub.HfApi", return_value=fake):
-        main(["push", "--model-dir", str(directory), "--repo-id", "org/speeder-tiny", "--private"])
+        main(["push", "--model_dir", str(directory), "--repo_id", "org/speeder-tiny", "--private"])
     (upload,) = fake.uploads
     assert upload["repo_id"] == "org/speeder-tiny" and fake.created[0]["private"] is True
     assert {"README.md", "model.safetensors", "item_catalog.json"} <= _uploaded(upload)
@@ -209,7 +215,7 @@ def test_train_saves_a_model_that_recommends(trained, tiny_data):
 def test_evaluate_reproduces_the_metrics_of_train(trained, tiny_data, tmp_path, capsys):
     out = tmp_path / "metrics.json"
     main(
-        ["evaluate", "--model-dir", str(trained), "--dataset", str(tiny_data / "data"), "--max-samples", "4"]
+        ["evaluate", "--model_dir", str(trained), "--dataset", str(tiny_data / "data"), "--max_samples", "4"]
         + ["--out", str(out)]
     )
     metrics = json.loads(out.read_text())["metrics"]
@@ -226,12 +232,12 @@ def test_evaluate_refuses_another_dataset(trained, tmp_path):
     other.mkdir()
     (other / "other.txt").write_text("1 1 2 3\n2 2 3 4\n")
     with pytest.raises(SystemExit, match="does not have the catalog"):
-        main(["evaluate", "--model-dir", str(trained), "--dataset", str(other)])
+        main(["evaluate", "--model_dir", str(trained), "--dataset", str(other)])
 
 
 def test_a_model_saved_with_numbered_items_names_its_ids_when_asked_for_asins(trained, tiny_data, tmp_path, capsys):
     # The tiny data has no ASINs, so its model names items by number, as Beauty models saved before ASINs did.
-    assert main(["recommend", "--model-dir", str(trained), "--history", "B0001"]) == 2
+    assert main(["recommend", "--model_dir", str(trained), "--history", "B0001"]) == 2
     first = ", ".join(repr(i) for i in ItemCatalog.load(trained).item_ids[:3])
     assert f"whose ids are like {first} (" in _one_error_line(capsys)
     renamed = tmp_path / "renamed"
@@ -242,7 +248,7 @@ def test_a_model_saved_with_numbered_items_names_its_ids_when_asked_for_asins(tr
         "".join(json.dumps({**r, "asin": f"B{r['item_id']:04d}"}) + "\n" for r in records)
     )
     with pytest.raises(SystemExit, match=rf"the same items under other ids \(the model's {first}, the dataset's 'B"):
-        main(["evaluate", "--model-dir", str(trained), "--dataset", str(renamed)])
+        main(["evaluate", "--model_dir", str(trained), "--dataset", str(renamed)])
 
 
 def test_build_catalog(tiny_data, tmp_path, capsys):

@@ -124,7 +124,7 @@ def test_card_examples_are_the_models_real_recommendations_and_the_apps(card, sa
 
 def test_card_links_the_web_demo(card, saved, caplog):
     section = card.text[card.text.index("## Web demo") : card.text.index("## Usage")]
-    assert '`pip install "speeder_hf[app]"` and `speeder-hf app --model-dir someone/speeder-tiny`' in section
+    assert '`pip install "speeder_hf[app]"` and `speeder-hf app --model_dir someone/speeder-tiny`' in section
     assert "huggingface.co/spaces" not in section
     directory, results = saved[3], saved[4]
     with_space = build_model_card(directory, results, repo_id="someone/speeder-tiny", space_id="someone/demo")

@@ -1,6 +1,6 @@
 """A web demo of a saved Speeder model, with Gradio: pick a history by title, see the ranked recommendations.
 
-    speeder-hf app --model-dir outputs/speeder-beauty        # or a Hub repo id; needs `pip install "speeder_hf[app]"`
+    speeder-hf app --model_dir outputs/speeder-beauty        # or a Hub repo id; needs `pip install "speeder_hf[app]"`
 
 In the page a person picks the items of a history (oldest first) by title in a searchable multiselect, and gets the
 model's ranking of the retrieved candidates, with scores and the items' images where there are any, beside the

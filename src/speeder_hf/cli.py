@@ -2,12 +2,15 @@
 
     speeder-hf build-catalog --dataset beauty --out catalogs/beauty        # ItemCatalog (+ SASRec) on disk
     speeder-hf train --dataset beauty --output_dir outputs/speeder-beauty  # = examples/finetune.py
-    speeder-hf evaluate --model-dir outputs/speeder-beauty --dataset beauty
-    speeder-hf recommend --model-dir outputs/speeder-beauty --history B0001 "Red lipstick"
-    speeder-hf card --model-dir outputs/speeder-beauty --eval-results outputs/speeder-beauty/eval_results.json \\
+    speeder-hf evaluate --model_dir outputs/speeder-beauty --dataset beauty
+    speeder-hf recommend --model_dir outputs/speeder-beauty --history B004756YJA "Red lipstick"
+    speeder-hf card --model_dir outputs/speeder-beauty --eval_results outputs/speeder-beauty/eval_results.json \\
         --out model_cards/speeder-beauty.md
-    speeder-hf push --model-dir outputs/speeder-beauty --repo-id me/speeder-beauty
-    speeder-hf app --model-dir outputs/speeder-beauty                     # the web demo (extra [app])
+    speeder-hf push --model_dir outputs/speeder-beauty --repo_id me/speeder-beauty
+    speeder-hf app --model_dir outputs/speeder-beauty                     # the web demo (extra [app])
+
+Every flag is a dataclass field spelt `--snake_case`, as `TrainingArguments`' are; `HfArgumentParser` also takes
+`--kebab-case`.
 
 Bad input (a malformed data line, an unknown item, a missing file, a wrong flag value) is answered with one line on
 stderr, which names the file and line, the item or the flag, and exit code 2; `--verbose` adds the traceback.
@@ -69,6 +72,84 @@ class CatalogArguments:
     num_candidates: int = job_field("num_candidates")
     sasrec_epochs: int = job_field("sasrec_epochs")
     seed: int = job_field("seed")
+
+
+@dataclasses.dataclass
+class EvaluateArguments:
+    """The flags of `evaluate`."""
+
+    model_dir: str = dataclasses.field(metadata={"help": "A directory saved by `train` / save_pretrained_bundle."})
+    dataset: str = dataclasses.field(metadata={"help": "The dataset the model was trained on (name or folder)."})
+    split: str = dataclasses.field(default="test", metadata={"choices": ["validation", "test"]})
+    seed: int = job_field("seed", help="The split seed used in training.")
+    max_samples: int | None = dataclasses.field(default=None, metadata={"help": "Evaluate only the first N users."})
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "Users per forward pass."})
+    out: str | None = dataclasses.field(default=None, metadata={"help": "Also write the metrics to this JSON file."})
+
+
+@dataclasses.dataclass
+class RecommendArguments:
+    """The flags of `recommend`."""
+
+    model_dir: str = dataclasses.field(metadata={"help": "A saved model directory or Hub repo id."})
+    history: list[str] = dataclasses.field(metadata={"help": "Item ids or exact titles, oldest first."})
+    candidates: list[str] | None = dataclasses.field(
+        default=None, metadata={"help": "Items to rank (default: retrieve them)."}
+    )
+    top_k: int = dataclasses.field(default=10, metadata={"help": "Items listed."})
+    json: bool = dataclasses.field(default=False, metadata={"help": "Print the ranking as JSON."})
+
+
+@dataclasses.dataclass
+class CardArguments:
+    """The flags of `card`."""
+
+    model_dir: str = dataclasses.field(metadata={"help": "A directory saved by `train`."})
+    eval_results: str = dataclasses.field(metadata={"help": "eval_results.json written by `train`."})
+    out: str = dataclasses.field(metadata={"help": "Where to write the card (e.g. model_cards/speeder-beauty.md)."})
+    repo_id: str | None = dataclasses.field(
+        default=None, metadata={"help": "Hub id used in the usage snippets (default: the directory name)."}
+    )
+    license: str = dataclasses.field(default="apache-2.0", metadata={"help": "The card's license."})
+    template: str | None = dataclasses.field(
+        default=None, metadata={"help": "A Jinja card template (default: the package's model_card_template.md)."}
+    )
+    space_id: str | None = dataclasses.field(
+        default=None, metadata={"help": "The Hub Space serving the model's web demo, linked from the card."}
+    )
+
+
+@dataclasses.dataclass
+class PushArguments:
+    """The flags of `push`."""
+
+    model_dir: str = dataclasses.field(metadata={"help": "A directory saved by `train`."})
+    repo_id: str = dataclasses.field(metadata={"help": "The Hub repo to create or update."})
+    eval_results: str | None = dataclasses.field(
+        default=None, metadata={"help": "Default: <model_dir>/eval_results.json."}
+    )
+    card: str | None = dataclasses.field(default=None, metadata={"help": "Upload this card instead of generating one."})
+    private: bool = dataclasses.field(default=False, metadata={"help": "Create the repo private."})
+    space_id: str | None = dataclasses.field(
+        default=None, metadata={"help": "The Hub Space serving the model's web demo, linked from the card."}
+    )
+
+
+@dataclasses.dataclass
+class AppArguments:
+    """The flags of `app`."""
+
+    model_dir: str = dataclasses.field(metadata={"help": "A saved model directory or Hub repo id."})
+    catalog: str | None = dataclasses.field(
+        default=None, metadata={"help": "The model's catalog folder (build-catalog --out), for the items' images."}
+    )
+    host: str = dataclasses.field(
+        default="127.0.0.1", metadata={"help": "Address to serve on (0.0.0.0: reachable from others)."}
+    )
+    port: int | None = dataclasses.field(
+        default=None, metadata={"help": "Port (default: Gradio's, 7860 or the next free one)."}
+    )
+    share: bool = dataclasses.field(default=False, metadata={"help": "Also open a temporary public gradio.live link."})
 
 
 def build_catalog_command(args: argparse.Namespace) -> None:
@@ -220,67 +301,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
+        dataclass_types=EvaluateArguments,
         help="Evaluate a saved model on a dataset split (VHR@1, HR@K, NDCG@K, MRR).",
         description="Rebuilds the split of `train` (same seed, candidates and history length) and evaluates.",
     )
-    evaluate.add_argument("--model-dir", required=True, help="A directory saved by `train` / save_pretrained_bundle.")
-    evaluate.add_argument("--dataset", required=True, help="The dataset the model was trained on (name or folder).")
-    evaluate.add_argument("--split", default="test", choices=["validation", "test"])
-    evaluate.add_argument("--seed", type=int, default=0, help="The split seed used in training.")
-    evaluate.add_argument("--max-samples", type=int, default=None, help="Evaluate only the first N users.")
-    evaluate.add_argument("--batch-size", type=int, default=16)
-    evaluate.add_argument("--out", help="Also write the metrics to this JSON file.")
     evaluate.set_defaults(handler=evaluate_command)
 
     recommend = commands.add_parser(
         "recommend",
+        dataclass_types=RecommendArguments,
         help="Recommend the next items for one history (ids or titles).",
         description="Retrieves candidates (unless given) and reranks them with the model.",
     )
-    recommend.add_argument("--model-dir", required=True, help="A saved model directory or Hub repo id.")
-    recommend.add_argument("--history", nargs="+", required=True, help="Item ids or exact titles, oldest first.")
-    recommend.add_argument("--candidates", nargs="+", help="Items to rank (default: retrieve them).")
-    recommend.add_argument("--top-k", type=int, default=10)
-    recommend.add_argument("--json", action="store_true", help="Print the ranking as JSON.")
     recommend.set_defaults(handler=recommend_command)
 
     card = commands.add_parser(
         "card",
+        dataclass_types=CardArguments,
         help="Generate the model card (README.md) of a saved model from its evaluation results.",
         description="Fills the card template: Hub metadata, model-index, widget examples, usage, training.",
     )
-    card.add_argument("--model-dir", required=True)
-    card.add_argument("--eval-results", required=True, help="eval_results.json written by `train`.")
-    card.add_argument("--out", required=True, help="Where to write the card (e.g. model_cards/speeder-beauty.md).")
-    card.add_argument("--repo-id", help="Hub id used in the usage snippets (default: the directory name).")
-    card.add_argument("--license", default="apache-2.0")
-    card.add_argument("--template", help="A Jinja card template (default: the package's model_card_template.md).")
-    card.add_argument("--space-id", help="The Hub Space serving the model's web demo, linked from the card.")
     card.set_defaults(handler=card_command)
 
     push = commands.add_parser(
         "push",
+        dataclass_types=PushArguments,
         help="Publish a saved model to the Hub (card written last, one upload_folder commit).",
         description="Builds the card (unless --card is given), writes README.md, creates the repo, uploads.",
     )
-    push.add_argument("--model-dir", required=True)
-    push.add_argument("--repo-id", required=True)
-    push.add_argument("--eval-results", help="Default: <model-dir>/eval_results.json.")
-    push.add_argument("--card", help="Upload this card instead of generating one.")
-    push.add_argument("--private", action="store_true")
-    push.add_argument("--space-id", help="The Hub Space serving the model's web demo, linked from the card.")
     push.set_defaults(handler=push_command)
 
     app = commands.add_parser(
         "app",
+        dataclass_types=AppArguments,
         help="Serve the web demo of a saved model (Gradio; needs the [app] extra).",
         description="Pick a history by title, see the reranked recommendations beside the retriever's order.",
     )
-    app.add_argument("--model-dir", required=True, help="A saved model directory or Hub repo id.")
-    app.add_argument("--catalog", help="The model's catalog folder (build-catalog --out), for the items' images.")
-    app.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0: reachable from others).")
-    app.add_argument("--port", type=int, default=None, help="Port (default: Gradio's, 7860 or the next free one).")
-    app.add_argument("--share", action="store_true", help="Also open a temporary public gradio.live link.")
     app.set_defaults(handler=app_command)
     return parser
 

@@ -260,7 +260,7 @@ def _examples(examples: list[dict[str, Any]], recommendations: list[list[dict]],
 def _app_section(repo_id: str, space_id: str | None) -> str:
     """How to open the web demo (`speeder_hf.app`): the Space, when there is one, and the local command."""
     local = (
-        f'Run it on your machine with `pip install "speeder_hf[app]"` and `speeder-hf app --model-dir {repo_id}`. '
+        f'Run it on your machine with `pip install "speeder_hf[app]"` and `speeder-hf app --model_dir {repo_id}`. '
         "Its example users are the ones below."
     )
     if not space_id:
