@@ -18,6 +18,7 @@ import torch
 import transformers
 from conftest import require_package, require_shared_data, tiny_llm, tiny_tokenizer
 from PIL import Image
+from test_evaluation import writing_titles
 
 from benchmarks import accuracy, common, efficiency, mpo_share, report
 from speeder_hf import SpeederConfig
@@ -35,6 +36,7 @@ from speeder_hf.collator import SpeederDataCollator
 from speeder_hf.data import make_split
 from speeder_hf.evaluation import collect_outcomes, evaluate_ranking
 from speeder_hf.finetune import FinetuneArguments
+from speeder_hf.metrics import parse_title_answer
 from speeder_hf.prompts import PromptBuilder
 
 TITLES = [f"{noun} {color}" for color in ("red", "blue", "green") for noun in "lipstick mascara soap cream gel".split()]
@@ -125,6 +127,26 @@ def test_mllm_collator_counts_image_placeholders_and_model_splices_feature_maps(
     assert torch.allclose(embeds[image_positions], expected, atol=1e-6)
 
 
+def sharpen_attention(model, factor: float = 30.0) -> None:
+    """Scales the tiny LM's queries and keys, so its last position reads the prompt: across varied prompts the last
+    hidden state's spread grows from 0.04 to 0.3 (of a 0.8 norm per unit), and `writing_titles` answers differ."""
+    with torch.no_grad():
+        for layer in model.language_model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(factor)
+            layer.self_attn.k_proj.weight.mul_(factor)
+
+
+def varied_rows(num_rows: int = 40, num_items: int = 15) -> list[dict]:
+    """Rows with seeded random histories (1-6 items) and candidates (target first) over `num_items` items."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(num_rows):
+        items = rng.permutation(num_items).tolist()
+        history, candidates = items[: 1 + user % 6], items[8:13]
+        rows.append({"user_id": f"u{user}", "history": history, "candidates": candidates, "target": candidates[0]})
+    return rows
+
+
 def test_mllm_generation_never_emits_placeholders_and_bad_patch_shapes_fail():
     model, tokenizer = tiny_mllm()
     assert model.config.image_token_id in model.never_generate_ids
@@ -135,11 +157,24 @@ def test_mllm_generation_never_emits_placeholders_and_bad_patch_shapes_fail():
     assert not set(new.flatten().tolist()) & set(model.never_generate_ids)
     with pytest.raises(ValueError, match=r"\(num_items, K, C\)"):
         model.set_image_patches(torch.zeros(15, 2, 6))
-    metrics = evaluate_ranking(
-        model, tokenizer, ROWS, TITLES, prompt_style="mllm", answer_mode="title", max_new_tokens=4,
-        show_progress=False, collator_class=MLLMDataCollator,
-    )  # fmt: skip
-    assert metrics["prompt_style"] == "mllm" and metrics["num_samples"] == 2
+    sharpen_attention(model)
+    rows = varied_rows()
+    with writing_titles(model, tokenizer):  # answers that name a candidate now and then, not 0 == 0
+        batch = collator(rows)
+        meta = SpeederDataCollator.pop_metadata(batch)
+        new = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        metrics = evaluate_ranking(
+            model, tokenizer, rows, TITLES, prompt_style="mllm", answer_mode="title", max_new_tokens=4,
+            show_progress=False, collator_class=MLLMDataCollator,
+        )  # fmt: skip
+    picks = [parse_title_answer(t, [TITLES[c] for c in row.tolist()]) for t, row in zip(texts, meta["candidate_items"])]
+    valid = [pick is not None for pick in picks]
+    hits = [pick == target for pick, target in zip(picks, meta["target_index"].tolist())]
+    assert metrics["prompt_style"] == "mllm" and metrics["num_samples"] == len(rows)
+    assert 0 < sum(valid) < len(rows), texts
+    assert metrics["ValidRatio"] == pytest.approx(sum(valid) / len(rows))
+    assert metrics["VHR@1"] == pytest.approx(sum(hits) / len(rows))
 
 
 def tiny_llara():
