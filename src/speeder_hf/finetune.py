@@ -306,6 +306,9 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         )
     # In training, the prior reads the SASRec that never trained on the training targets.
     training_prior = (held_out or sasrec) if args.collaborative_prior == "in_training" else None
+    # Training a SASRec reseeds and draws from torch's global generator, loading a cached one does not: seeding
+    # again gives the new layers (MRC, SPAE, pointer) the same initial weights whether the cache was cold or warm.
+    set_seed(args.seed)
     model, tokenizer = build_model(catalog, args, training_prior)
     test = split[args.eval_split]
     if args.max_eval_samples is not None:
