@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 from peft import PeftModel
 from transformers import AutoModel, TrainingArguments, set_seed
 
@@ -291,7 +292,11 @@ def print_comparison(speeder: dict[str, Any], sasrec: dict[str, Any], split: str
 
 
 def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
-    """Runs the main job; returns the test metrics (also written to `<output_dir>/eval_results.json`)."""
+    """Runs the main job; returns the test metrics (also written to `<output_dir>/eval_results.json`).
+
+    Under several processes (`accelerate launch`, torchrun) every process trains, and only the main one fits the
+    priors, saves, evaluates and returns the results; the others return `{"main_process": False, ...}` with no
+    metrics once training is done."""
     start = time.time()
     set_seed(args.seed)
     out = Path(args.output_dir)
@@ -299,7 +304,11 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     split = make_split(rec, num_candidates=args.num_candidates, seed=args.seed, max_history_len=args.max_history_len)
     logger.info("%s: %s", rec.name, rec.statistics())
 
-    catalog, sasrec, held_out = build_catalog(rec, split, args)
+    # Under `accelerate launch` / torchrun, the first process of each machine builds the catalog (encoders, SASRecs)
+    # and fills the feature cache; the others then read it, instead of training the same SASRecs and writing the
+    # same cache files at the same time.
+    with PartialState().local_main_process_first():
+        catalog, sasrec, held_out = build_catalog(rec, split, args)
     if args.collaborative_prior != "none" and sasrec is None:
         raise ValueError(
             "--collaborative_prior needs a SASRec: keep 'id' in --modalities, or pass --collaborative_prior none."
@@ -365,6 +374,10 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         processing_class=tokenizer,
     )
     train_seconds = time.time() - train_start
+    if training_args.process_index != 0:
+        # The other processes hold the same trained weights (DDP keeps the replicas equal). Fitting the priors,
+        # saving and evaluating once, in the main process, keeps them from writing the same files at once.
+        return {"main_process": False, "train_seconds": round(train_seconds, 1), "metrics": {}}
 
     if calibration is not None:
         model = merge_lora(model) if isinstance(model, PeftModel) else model
@@ -390,12 +403,14 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     metrics = evaluate_ranking(
         model, tokenizer, test, item_titles=catalog.titles, item_texts=catalog.texts, batch_size=args.eval_batch_size
     )
+    # Every process trains on its own batches of `batch_size` in each optimizer step.
+    samples_per_step = args.batch_size * args.gradient_accumulation_steps * training_args.world_size
     results = {
         "dataset": rec.name,
         "split": args.eval_split,
         "metrics": metrics,
         "priors": prior_record,
-        "train_samples_seen": sum(s.max_steps for s in stages) * args.batch_size * args.gradient_accumulation_steps,
+        "train_samples_seen": sum(s.max_steps for s in stages) * samples_per_step,
         "mpo_stages": [asdict(s) for s in stages],
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(time.time() - start, 1),
