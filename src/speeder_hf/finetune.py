@@ -32,7 +32,7 @@ from .export import save_pretrained_bundle
 from .hub import card_examples
 from .lora import merge_lora
 from .modeling_speeder import SpeederForSequentialRec
-from .mpo import default_stages, run_mpo
+from .mpo import default_stages, has_progress, run_mpo
 from .prior_calibration import PriorFusion, calibrate_priors, calibrate_retrieved_fusion
 from .recommend import Recommender, retriever_for
 from .sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
@@ -120,7 +120,13 @@ class FinetuneArguments:
     eval_batch_size: int = field(default=16)
     num_examples: int = field(default=3, metadata={"help": "Users whose top-5 recommendations are printed."})
     seed: int = field(default=0)
-    resume: bool = field(default=False, metadata={"help": "Resume an interrupted MPO run from its checkpoints."})
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume an interrupted MPO run from its checkpoints (one stopped before its first checkpoint "
+            "starts afresh)."
+        },
+    )
     bf16: bool = field(default=False, metadata={"help": "Train in bfloat16 mixed precision (GPU)."})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to publish the model to."})
 
@@ -362,6 +368,13 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         seed=args.seed,
         dataloader_num_workers=0,
     )
+    resume = args.resume and has_progress(training_args.output_dir)
+    if args.resume and not resume:
+        # Killed before its first checkpoint: starting over is resuming, and the same command line works after a
+        # crash at any step.
+        logger.warning(
+            "--resume: %s holds no checkpoint yet; MPO starts from its first step.", training_args.output_dir
+        )
     train_start = time.time()
     model = run_mpo(
         model,
@@ -369,7 +382,7 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         training_args,
         train_dataset,
         collator,
-        resume_from_checkpoint=args.resume or None,
+        resume_from_checkpoint=resume or None,
         lora_kwargs={"r": args.lora_r, "alpha": args.lora_alpha},
         processing_class=tokenizer,
     )
