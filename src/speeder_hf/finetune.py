@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from peft import PeftModel
 from transformers import AutoModel, TrainingArguments, set_seed
 
@@ -297,6 +297,37 @@ def print_comparison(speeder: dict[str, Any], sasrec: dict[str, Any], split: str
     print(f"Higher VHR@1: {better}")
 
 
+def mpo_training_args(args: FinetuneArguments) -> TrainingArguments:
+    """The `TrainingArguments` shared by the MPO stages (each stage sets its own length and learning rate). Creating
+    them sets up the processes of `accelerate launch` / torchrun.
+
+    Raises:
+        RuntimeError: the launcher started several processes but they did not join one process group.
+    """
+    training_args = TrainingArguments(
+        output_dir=str(Path(args.output_dir) / "mpo"),
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        logging_steps=10,
+        save_steps=max(args.stage_steps // 2, 1),
+        save_total_limit=1,
+        report_to="none",
+        remove_unused_columns=False,
+        bf16=args.bf16,
+        seed=args.seed,
+        dataloader_num_workers=0,
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if training_args.world_size != launched:
+        # On a machine without GPUs the launcher's processes would each train alone, all into the same folder.
+        raise RuntimeError(
+            f"The launcher started {launched} processes but this one is alone in its process group (world size "
+            f"{training_args.world_size}): without GPUs, set ACCELERATE_USE_CPU=true so that they join a gloo group "
+            "(docs/training.md)."
+        )
+    return training_args
+
+
 def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     """Runs the main job; returns the test metrics (also written to `<output_dir>/eval_results.json`).
 
@@ -310,10 +341,11 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     split = make_split(rec, num_candidates=args.num_candidates, seed=args.seed, max_history_len=args.max_history_len)
     logger.info("%s: %s", rec.name, rec.statistics())
 
-    # Under `accelerate launch` / torchrun, the first process of each machine builds the catalog (encoders, SASRecs)
-    # and fills the feature cache; the others then read it, instead of training the same SASRecs and writing the
-    # same cache files at the same time.
-    with PartialState().local_main_process_first():
+    # First, as it sets up the processes of `accelerate launch` / torchrun (gloo on CPUs) for what follows.
+    training_args = mpo_training_args(args)
+    # The first process of each machine builds the catalog (encoders, SASRecs) and fills the feature cache; the
+    # others then read it, instead of training the same SASRecs and writing the same cache files at the same time.
+    with training_args.main_process_first(local=True, desc="item catalog"):
         catalog, sasrec, held_out = build_catalog(rec, split, args)
     if args.collaborative_prior != "none" and sasrec is None:
         raise ValueError(
@@ -355,19 +387,6 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     )
     if args.final_stage_steps is not None:
         stages[-1] = replace(stages[-1], max_steps=args.final_stage_steps)
-    training_args = TrainingArguments(
-        output_dir=str(out / "mpo"),
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        logging_steps=10,
-        save_steps=max(args.stage_steps // 2, 1),
-        save_total_limit=1,
-        report_to="none",
-        remove_unused_columns=False,
-        bf16=args.bf16,
-        seed=args.seed,
-        dataloader_num_workers=0,
-    )
     resume = args.resume and has_progress(training_args.output_dir)
     if args.resume and not resume:
         # Killed before its first checkpoint: starting over is resuming, and the same command line works after a
