@@ -19,6 +19,8 @@ def main() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     (args,) = HfArgumentParser(FinetuneArguments).parse_args_into_dataclasses()
     results = run_finetune(args)
+    if not results.get("main_process", True):
+        return  # under accelerate launch / torchrun the main process reports, saves and publishes
     print("\nTest metrics:", json.dumps(results["metrics"], indent=2))
     print(f"Model saved to {args.output_dir} (wall time {results['wall_seconds'] / 60:.1f} min)")
     if args.push_to_hub:

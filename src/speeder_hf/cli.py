@@ -176,6 +176,8 @@ def train_command(args: argparse.Namespace) -> None:
 
     settings = _finetune_arguments(args)
     results = run_finetune(settings)
+    if not results.get("main_process", True):
+        return  # under accelerate launch / torchrun the main process reports, saves and publishes
     print(json.dumps(results["metrics"], indent=2))
     print(f"Model saved to {settings.output_dir}.")
     if settings.push_to_hub:

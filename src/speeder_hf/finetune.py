@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -31,7 +32,7 @@ from .export import save_pretrained_bundle
 from .hub import card_examples
 from .lora import merge_lora
 from .modeling_speeder import SpeederForSequentialRec
-from .mpo import default_stages, run_mpo
+from .mpo import default_stages, has_progress, run_mpo
 from .prior_calibration import PriorFusion, calibrate_priors, calibrate_retrieved_fusion
 from .recommend import Recommender, retriever_for
 from .sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
@@ -122,7 +123,13 @@ class FinetuneArguments:
     eval_batch_size: int = field(default=16)
     num_examples: int = field(default=3, metadata={"help": "Users whose top-5 recommendations are printed."})
     seed: int = field(default=0)
-    resume: bool = field(default=False, metadata={"help": "Resume an interrupted MPO run from its checkpoints."})
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume an interrupted MPO run from its checkpoints (one stopped before its first checkpoint "
+            "starts afresh)."
+        },
+    )
     bf16: bool = field(default=False, metadata={"help": "Train in bfloat16 mixed precision (GPU)."})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to publish the model to."})
 
@@ -312,8 +319,43 @@ def print_comparison(speeder: dict[str, Any], sasrec: dict[str, Any], split: str
     print(f"Higher VHR@1: {better}")
 
 
+def mpo_training_args(args: FinetuneArguments) -> TrainingArguments:
+    """The `TrainingArguments` shared by the MPO stages (each stage sets its own length and learning rate). Creating
+    them sets up the processes of `accelerate launch` / torchrun.
+
+    Raises:
+        RuntimeError: the launcher started several processes but they did not join one process group.
+    """
+    training_args = TrainingArguments(
+        output_dir=str(Path(args.output_dir) / "mpo"),
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        logging_steps=10,
+        save_steps=max(args.stage_steps // 2, 1),
+        save_total_limit=1,
+        report_to="none",
+        remove_unused_columns=False,
+        bf16=args.bf16,
+        seed=args.seed,
+        dataloader_num_workers=0,
+    )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if training_args.world_size != launched:
+        # On a machine without GPUs the launcher's processes would each train alone, all into the same folder.
+        raise RuntimeError(
+            f"The launcher started {launched} processes but this one is alone in its process group (world size "
+            f"{training_args.world_size}): without GPUs, set ACCELERATE_USE_CPU=true so that they join a gloo group "
+            "(docs/training.md)."
+        )
+    return training_args
+
+
 def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
-    """Runs the main job; returns the test metrics (also written to `<output_dir>/eval_results.json`)."""
+    """Runs the main job; returns the test metrics (also written to `<output_dir>/eval_results.json`).
+
+    Under several processes (`accelerate launch`, torchrun) every process trains, and only the main one fits the
+    priors, saves, evaluates and returns the results; the others return `{"main_process": False, ...}` with no
+    metrics once training is done."""
     start = time.time()
     set_seed(args.seed)
     out = Path(args.output_dir)
@@ -323,13 +365,21 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     if not len(split["train"]):  # checked before minutes of feature encoding
         raise ValueError(f"Dataset {rec.name!r} gives no training sample (a LLaRA folder needs train_data.jsonl).")
 
-    catalog, sasrec, held_out = build_catalog(rec, split, args)
+    # First, as it sets up the processes of `accelerate launch` / torchrun (gloo on CPUs) for what follows.
+    training_args = mpo_training_args(args)
+    # The first process of each machine builds the catalog (encoders, SASRecs) and fills the feature cache; the
+    # others then read it, instead of training the same SASRecs and writing the same cache files at the same time.
+    with training_args.main_process_first(local=True, desc="item catalog"):
+        catalog, sasrec, held_out = build_catalog(rec, split, args)
     if args.collaborative_prior != "none" and sasrec is None:
         raise ValueError(
             "--collaborative_prior needs a SASRec: keep 'id' in --modalities, or pass --collaborative_prior none."
         )
     # In training, the prior reads the SASRec that never trained on the training targets.
     training_prior = (held_out or sasrec) if args.collaborative_prior == "in_training" else None
+    # Training a SASRec reseeds and draws from torch's global generator, loading a cached one does not: seeding
+    # again gives the new layers (MRC, SPAE, pointer) the same initial weights whether the cache was cold or warm.
+    set_seed(args.seed)
     model, tokenizer = build_model(catalog, args, training_prior)
     test = split[args.eval_split]
     if args.max_eval_samples is not None:
@@ -361,19 +411,13 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     )
     if args.final_stage_steps is not None:
         stages[-1] = replace(stages[-1], max_steps=args.final_stage_steps)
-    training_args = TrainingArguments(
-        output_dir=str(out / "mpo"),
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        logging_steps=10,
-        save_steps=max(args.stage_steps // 2, 1),
-        save_total_limit=1,
-        report_to="none",
-        remove_unused_columns=False,
-        bf16=args.bf16,
-        seed=args.seed,
-        dataloader_num_workers=0,
-    )
+    resume = args.resume and has_progress(training_args.output_dir)
+    if args.resume and not resume:
+        # Killed before its first checkpoint: starting over is resuming, and the same command line works after a
+        # crash at any step.
+        logger.warning(
+            "--resume: %s holds no checkpoint yet; MPO starts from its first step.", training_args.output_dir
+        )
     train_start = time.time()
     model = run_mpo(
         model,
@@ -381,11 +425,15 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         training_args,
         train_dataset,
         collator,
-        resume_from_checkpoint=args.resume or None,
+        resume_from_checkpoint=resume or None,
         lora_kwargs={"r": args.lora_r, "alpha": args.lora_alpha},
         processing_class=tokenizer,
     )
     train_seconds = time.time() - train_start
+    if training_args.process_index != 0:
+        # The other processes hold the same trained weights (DDP keeps the replicas equal). Fitting the priors,
+        # saving and evaluating once, in the main process, keeps them from writing the same files at once.
+        return {"main_process": False, "train_seconds": round(train_seconds, 1), "metrics": {}}
 
     if calibration is not None:
         model = merge_lora(model) if isinstance(model, PeftModel) else model
@@ -411,12 +459,14 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     metrics = evaluate_ranking(
         model, tokenizer, test, item_titles=catalog.titles, item_texts=catalog.texts, batch_size=args.eval_batch_size
     )
+    # Every process trains on its own batches of `batch_size` in each optimizer step.
+    samples_per_step = args.batch_size * args.gradient_accumulation_steps * training_args.world_size
     results = {
         "dataset": rec.name,
         "split": args.eval_split,
         "metrics": metrics,
         "priors": prior_record,
-        "train_samples_seen": sum(s.max_steps for s in stages) * args.batch_size * args.gradient_accumulation_steps,
+        "train_samples_seen": sum(s.max_steps for s in stages) * samples_per_step,
         "mpo_stages": [asdict(s) for s in stages],
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(time.time() - start, 1),

@@ -294,7 +294,12 @@ def run_mpo(
         stage = stages[index]
         stage_dir = root / stage_folder(index, stage)
         if stage.lora and not isinstance(model, PeftModel):
-            model = apply_lora(model, **(lora_kwargs or {}))
+            # The adapters' random initial weights come from the run's seed, not from whatever drew from torch's
+            # generator before: a resumed run skips the earlier stages' training, and must still start this stage
+            # (when it has no checkpoint of it) from the adapters an uninterrupted run started from.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(training_args.seed)
+                model = apply_lora(model, **(lora_kwargs or {}))
         if index < resume_index:
             _load_final(model, stage_dir / FINAL_DIR)
             model.set_active_modalities(stage.modalities)
