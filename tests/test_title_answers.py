@@ -1,7 +1,10 @@
 """Title answers constrained to the candidates: the trie, the logits processor in `generate`, and title
-log-likelihood scoring against brute-force full forward passes, one candidate at a time."""
+log-likelihood scoring against brute-force full forward passes, one candidate at a time; `collect_outcomes` with
+`constrain_to_candidates` batched against one row at a time."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from transformers import LogitsProcessorList
 
 from speeder_hf import SpeederForSequentialRec
 from speeder_hf.collator import SpeederDataCollator
+from speeder_hf.evaluation import RankingOutcomes, collect_outcomes, evaluate_ranking
 from speeder_hf.title_answers import TitleTrie, TitleTrieLogitsProcessor, score_title_answers, title_answer_ids
 
 NOUNS = "lipstick mascara shampoo soap cream brush nail gel oil mask".split()
@@ -135,6 +139,49 @@ def test_greedy_answer_is_what_generate_writes_within_the_trie(model_and_tokeniz
     assert len({tuple(a) for a in scores.answers}) > 1  # not vacuous: rows answer differently
 
 
+def test_constrained_outcomes_batched_equal_one_row_at_a_time(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    options = {"answer_mode": "title", "constrain_to_candidates": True, "show_progress": False}
+    batched = collect_outcomes(model, tokenizer, ROWS, TITLES, batch_size=3, num_examples=2, **options)
+    single = collect_outcomes(model, tokenizer, ROWS, TITLES, batch_size=1, **options)
+    assert batched.valid.all() and batched.constrained
+    assert (batched.correct == single.correct).all() and (batched.ranks == single.ranks).all()
+
+    # the ranks are the target's among brute-force log-likelihoods, ties against it
+    ranks = []
+    for row in ROWS:
+        batch, meta, answers = eval_batch(model, tokenizer, [row])
+        values = [brute_force_log_likelihood(model, batch, 0, a) for a in answers[0]]
+        target = values[meta["target_index"].item()]
+        ranks.append(sum(v >= target - 1e-5 for v in values) - 1)
+    assert batched.ranks.tolist() == ranks
+    assert batched.ranks[3] >= 1 and not batched.correct[3]  # the target shares its title: a tie, never a hit
+    assert len(set(ranks)) > 1
+
+    result = batched.summary()
+    assert result["ValidRatio"] == 1.0 and result["VHR@1"] == result["HR@1"] == batched.correct.mean()
+    assert {"HR@5", "NDCG@5", "NDCG@10", "MRR"} <= set(result)
+    assert "constrained to the candidates' titles" in result["protocol"]
+    assert [set(e) for e in result["examples"]] == [{"generated", "target_title", "valid", "correct"}] * 2
+    assert all(e["generated"].strip() in [" ".join(t.split()) for t in TITLES] for e in result["examples"])
+
+    restored = RankingOutcomes.from_dict(json.loads(json.dumps(batched.to_dict())))
+    assert restored.summary() == result
+    free = collect_outcomes(model, tokenizer, ROWS[:2], TITLES, answer_mode="title", max_new_tokens=2,
+                            show_progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="different protocols"):
+        RankingOutcomes.concatenate([batched, free])
+
+
+def test_constrained_answers_are_valid_on_a_random_model_with_titled_prompts():
+    model, tokenizer = tiny_speeder(prompt_style="llara")
+    result = evaluate_ranking(
+        model, tokenizer, ROWS, TITLES, answer_mode="title", constrain_to_candidates=True, batch_size=4,
+        show_progress=False,
+    )  # fmt: skip
+    assert result["ValidRatio"] == 1.0 and result["prompt_style"] == "llara"
+
+
 def test_sliding_window_cache_scores_like_full_forward():
     # Gemma 3 (one of the baselines' backbones) caches only a window in most layers; prompts exceed the window here.
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -157,3 +204,15 @@ def test_sliding_window_cache_scores_like_full_forward():
         [[brute_force_log_likelihood(model, batch, b, a) for a in row] for b, row in enumerate(answers)]
     )
     torch.testing.assert_close(scores.log_likelihoods, expected, atol=1e-4, rtol=1e-5)
+
+
+def test_bad_constrained_input(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(ValueError, match="constrain_to_candidates restricts title answers.*answer_mode='title'"):
+        collect_outcomes(model, tokenizer, ROWS, TITLES, answer_mode="index", constrain_to_candidates=True)
+    batch, meta, answers = eval_batch(model, tokenizer, ROWS[:2])
+    with pytest.raises(ValueError, match="one list of candidate answers per prompt"):
+        score_title_answers(model, answers[:1], **batch)
+    with pytest.raises(ValueError, match="2 tries for a batch of 3"):
+        TitleTrieLogitsProcessor([TitleTrie(a) for a in answers], 1)(torch.zeros(3, 0, dtype=torch.long),
+                                                                        torch.zeros(3, 8))  # fmt: skip
