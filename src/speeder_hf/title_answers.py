@@ -136,13 +136,21 @@ class TitleAnswerScores:
     picks: list[list[int]]
 
 
-def _rows_of_cache(cache, indices: torch.LongTensor):
-    """A copy of `cache` holding the batch rows `indices` (repeats allowed); the original is left as it was.
-    Layers are copied shallowly: `batch_select_indices` rebinds their tensors to new, indexed ones."""
-    rows = copy.copy(cache)
-    rows.layers = [copy.copy(layer) for layer in cache.layers]
-    rows.batch_select_indices(indices)
-    return rows
+def _repeat_row_of_cache(cache, row: int, repeats: int):
+    """A cache holding batch row `row` of `cache` `repeats` times; the original is left as it was.
+
+    The repeats are stride-0 views of the row, not copies: the next forward concatenates its new keys and values to
+    them, which writes the repeated cache once. Copying here first would write it twice, and on a CPU moving the
+    prompt's cache (about 0.5 GB for 20 repeats of a 550-token SmolLM2 prompt) costs about as much as the answers'
+    compute. Layers are copied shallowly, so rebinding their tensors leaves `cache` intact.
+    """
+    repeated = copy.copy(cache)
+    repeated.layers = [copy.copy(layer) for layer in cache.layers]
+    for layer in repeated.layers:
+        if layer.is_initialized and layer.keys is not None and layer.keys.numel():
+            layer.keys = layer.keys[row : row + 1].expand(repeats, *layer.keys.shape[1:])
+            layer.values = layer.values[row : row + 1].expand(repeats, *layer.values.shape[1:])
+    return repeated
 
 
 @torch.no_grad()
@@ -158,9 +166,10 @@ def score_title_answers(
     within the candidates' trie, from one prompt pass and one pass over the candidates' answers.
 
     The prompts (left or right padded, as the eval collator gives them) run once with the KV cache on. Each row's
-    cache is then repeated once per candidate (`max_sequences` continuations at a time, which bounds the memory of the
-    repeated cache: per continuation, the prompt's keys and values) and all answer tokens of a candidate go through
-    the LM in one forward, right-padded. Position ids follow the real tokens, as `generate` sets them.
+    cache is then repeated once per candidate (one row, at most `max_sequences` continuations, per pass, which bounds
+    the memory of the repeated cache: per continuation, the prompt's keys and values) and all answer tokens of a
+    candidate go through the LM in one forward, right-padded. Position ids follow the real tokens, as `generate`
+    sets them.
 
     The score is the sum of the answer tokens' log-probabilities, not normalised by length: it is the probability
     the model gives the whole answer, as LLaRA/TALLRec-style rankers score, and the eos that ends every answer
@@ -176,7 +185,7 @@ def score_title_answers(
         model: a `SpeederForSequentialRec` (or subclass, or a PEFT wrapper of one).
         answers: `answers[b][c]`, the token ids of candidate c's answer in row b (`title_answer_ids`).
         input_ids, attention_mask: `(B, S)` prompts ending where the answer begins.
-        max_sequences: continuations scored per forward pass.
+        max_sequences: most continuations per forward pass (each pass holds one row's candidates).
         **item_kwargs: the item-slot inputs of `embed_inputs` (`item_ids`, `item_recency`, ...); other collator
             outputs a title answer does not read (`prior_history`, `candidate_ids`, `token_type_ids`) are ignored.
 
@@ -217,10 +226,15 @@ def score_title_answers(
 
     # token_log_probs[b][c][j]: log p(answer token j | prompt, answer tokens < j)
     token_log_probs = [[[first[b, answers[b][c][0]].item()] for c in range(num_candidates)] for b in range(num_rows)]
-    pairs = [(b, c) for b in range(num_rows) for c in range(num_candidates) if len(answers[b][c]) > 1]
+    # One row's candidates per pass (at most max_sequences of them), so the row's cache is repeated as a view.
+    chunks = [
+        [(b, c) for c in candidates[start : start + max_sequences]]
+        for b in range(num_rows)
+        if (candidates := [c for c in range(num_candidates) if len(answers[b][c]) > 1])
+        for start in range(0, len(candidates), max_sequences)
+    ]
     embeddings = model.get_input_embeddings()
-    for start in range(0, len(pairs), max_sequences):
-        chunk = pairs[start : start + max_sequences]
+    for chunk in chunks:
         # Inputs are each answer but its last token (which predicts nothing), right-padded with a masked token.
         width = max(len(answers[b][c]) - 1 for b, c in chunk)
         tokens = torch.zeros(len(chunk), width, dtype=torch.long, device=device)  # (n, W)
@@ -230,10 +244,10 @@ def score_title_answers(
             answer = torch.tensor(answers[b][c], device=device)
             tokens[i, : len(answer) - 1], targets[i, : len(answer) - 1] = answer[:-1], answer[1:]
             real[i, : len(answer) - 1] = 1
-        prompt_rows = torch.tensor([b for b, _ in chunk], device=device)  # (n,)
-        cache = _rows_of_cache(prompt.cache, prompt_rows)
-        mask = torch.cat([attention_mask[prompt_rows], real], dim=-1)  # (n, S + W)
-        continuation_positions = lengths[prompt_rows, None] + torch.arange(width, device=device)  # (n, W)
+        row = chunk[0][0]
+        cache = _repeat_row_of_cache(prompt.cache, row, len(chunk))
+        mask = torch.cat([attention_mask[row].expand(len(chunk), -1), real], dim=-1)  # (n, S + W)
+        continuation_positions = (lengths[row] + torch.arange(width, device=device)).expand(len(chunk), -1)  # (n, W)
         logits = language_model(
             inputs_embeds=embeddings(tokens),
             attention_mask=mask,
