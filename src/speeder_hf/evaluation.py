@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .collator import SpeederDataCollator
 from .metrics import answer_metrics, bucket_indices, parse_title_answer, rank_metrics, target_ranks
+from .title_answers import score_title_answers, title_answer_ids
 
 
 @dataclass
@@ -27,10 +28,12 @@ class RankingOutcomes:
         valid: `(N,)` bool, the answer names one candidate (always true for index answers).
         correct: `(N,)` bool, the answer is the target.
         history_len: `(N,)` int, length of the row's history as given (for the history-length buckets).
-        ranks: `(N,)` int, the target's 0-based rank among the candidates; index answers only, else None.
+        ranks: `(N,)` int, the target's 0-based rank among the candidates: by label score (index answers) or by
+            title log-likelihood (title answers constrained to the candidates); None for free title answers.
         num_candidates: candidates per row.
         answer_mode, prompt_style: the protocol the rows were evaluated under.
         examples: title answers only, the first rows' generated texts (see `evaluate_ranking`'s `num_examples`).
+        constrained: title answers were constrained to the candidates' titles (`constrain_to_candidates`).
     """
 
     valid: np.ndarray
@@ -41,13 +44,14 @@ class RankingOutcomes:
     answer_mode: str
     prompt_style: str
     examples: list[dict[str, Any]] = field(default_factory=list)
+    constrained: bool = False
 
     @classmethod
     def concatenate(cls, parts: Sequence[RankingOutcomes]) -> RankingOutcomes:
         """The outcomes of the parts' rows, in order. Raises ValueError if the parts were evaluated differently."""
         if not parts:
             raise ValueError("No outcomes to concatenate.")
-        protocols = {(p.num_candidates, p.answer_mode, p.prompt_style) for p in parts}
+        protocols = {(p.num_candidates, p.answer_mode, p.prompt_style, p.constrained) for p in parts}
         if len(protocols) > 1:
             raise ValueError(f"Outcomes under different protocols cannot be combined: {sorted(protocols)}.")
         first = parts[0]
@@ -60,6 +64,7 @@ class RankingOutcomes:
             answer_mode=first.answer_mode,
             prompt_style=first.prompt_style,
             examples=[example for p in parts for example in p.examples],
+            constrained=first.constrained,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +78,7 @@ class RankingOutcomes:
             "answer_mode": self.answer_mode,
             "prompt_style": self.prompt_style,
             "examples": self.examples,
+            "constrained": self.constrained,
         }
 
     @classmethod
@@ -87,6 +93,7 @@ class RankingOutcomes:
             answer_mode=values["answer_mode"],
             prompt_style=values["prompt_style"],
             examples=list(values["examples"]),
+            constrained=bool(values.get("constrained", False)),  # parts saved before the option were free
         )
 
     def summary(self, ks: Iterable[int] = (1, 5, 10), num_examples: int | None = None) -> dict[str, Any]:
@@ -96,14 +103,21 @@ class RankingOutcomes:
         def summarise(index: np.ndarray | slice) -> dict[str, float]:
             metrics = answer_metrics(self.valid[index], self.correct[index])
             if self.ranks is not None:
-                # The rank-based HR@1 equals LLaRA's HR@1 here (the answer is the top-ranked candidate, always valid).
+                # HR@1 stays the answers' (LLaRA's): for index answers the rank-based one is equal (the answer is the
+                # top-ranked candidate, always valid); for constrained titles the answer is greedy, the ranks are not.
                 metrics.update({k: v for k, v in rank_metrics(self.ranks[index], ks).items() if k != "HR@1"})
             return metrics
 
         size = self.num_candidates
-        how = (
-            "label scores, one forward pass" if self.answer_mode == "index" else "greedy title generation, LLaRA parser"
-        )
+        if self.answer_mode == "index":
+            how = "label scores, one forward pass"
+        elif self.constrained:
+            how = (
+                "greedy title generation constrained to the candidates' titles (VHR@1, HR@1), candidates ranked by "
+                "title log-likelihood (HR@K, NDCG@K, MRR)"
+            )
+        else:
+            how = "greedy title generation, LLaRA parser"
         result = {
             **summarise(slice(None)),
             "num_samples": int(len(self.valid)),
@@ -134,14 +148,16 @@ def evaluate_ranking(
     `collect_outcomes`; `options` are its other arguments).
 
     Args:
-        ks: cut-offs of `HR@K` / `NDCG@K` (index answers).
+        ks: cut-offs of `HR@K` / `NDCG@K` (index answers and constrained title answers).
 
     Returns:
-        `VHR@1`, `ValidRatio`, `HR@1` (LLaRA: correct / valid), in index mode also `HR@K`, `NDCG@K`, `MRR`
-        (over all samples); `num_samples`; `protocol` (candidate set size and answer mode); `answer_mode`;
-        `prompt_style`; `by_history_len`: the same metrics plus `num_samples` per history-length bucket
-        (`"1-5"`, `"6-10"`, `"11-20"`, `">20"`, non-empty ones only; length of the row's history as given); and, in
-        title mode with `num_examples`, `examples`.
+        `VHR@1`, `ValidRatio`, `HR@1` (LLaRA: correct / valid), in index mode and for constrained title answers
+        also `HR@K`, `NDCG@K`, `MRR` (over all samples; for constrained title answers from the log-likelihood
+        ranks, so `NDCG@1`, the ranking's top-1 hit rate, can differ from `HR@1`, the greedy answer's);
+        `num_samples`; `protocol` (candidate set size and answer mode); `answer_mode`; `prompt_style`;
+        `by_history_len`: the same metrics plus `num_samples` per history-length bucket (`"1-5"`, `"6-10"`,
+        `"11-20"`, `">20"`, non-empty ones only; length of the row's history as given); and, in title mode with
+        `num_examples`, `examples`.
     """
     return collect_outcomes(model, tokenizer, dataset, item_titles, **options).summary(ks)
 
@@ -161,6 +177,7 @@ def collect_outcomes(
     show_progress: bool = True,
     num_examples: int = 0,
     collator_class: type[SpeederDataCollator] = SpeederDataCollator,
+    constrain_to_candidates: bool = False,
 ) -> RankingOutcomes:
     """Answers each row's candidates, batched, and returns the per-row outcomes (`evaluate_ranking` summarises them).
 
@@ -170,6 +187,16 @@ def collect_outcomes(
     - `title` answers: greedy generation with LLaRA's settings (`do_sample=False`, `num_beams=1`,
       `max_new_tokens`), first line, LLaRA's parser (`metrics.parse_title_answer`). No scores exist, so only
       validity and correctness are kept.
+    - `title` answers with `constrain_to_candidates`: each candidate's answer is tokenized as training writes it
+      (`title_answers.title_answer_ids`) and scored by its log-likelihood given the prompt
+      (`title_answers.score_title_answers`: the prompt runs once, the candidates' answers from its KV cache). The
+      answer is greedy generation restricted to the candidates' answers by a prefix trie, read off the same
+      passes (equal to `model.generate` with a `TitleTrieLogitsProcessor`), so every answer is valid; it is
+      correct when it is the target's title and no other candidate has that title (a shared title is a tie, and
+      ties count against the target). VHR@1 and HR@1 are the greedy answer's; the target's rank by
+      log-likelihood (ties against it) gives `HR@K`, `NDCG@K` and `MRR`. The two may disagree at the top: greedy
+      commits to its first token, the ranking scores whole answers. `max_new_tokens` is not used: answers end
+      with the longest title.
 
     Args:
         model: a `SpeederForSequentialRec` (or a PEFT wrapper of one), with its item feature table set and the
@@ -183,10 +210,12 @@ def collect_outcomes(
             are invalid).
         collator_class: the collator that renders the prompts: `SpeederDataCollator`, or a subclass for a prompt
             style of its own (`speeder_hf.baselines.MLLMDataCollator`).
+        constrain_to_candidates: title answers only; restrict them to the candidates' titles and rank the
+            candidates by title log-likelihood (see above).
 
     Raises:
-        ValueError: on an empty dataset, rows with different numbers of candidates, or title answers without
-            `item_titles`.
+        ValueError: on an empty dataset, rows with different numbers of candidates, title answers without
+            `item_titles`, or `constrain_to_candidates` with index answers.
     """
     config = model.config
     collator = collator_class(
@@ -204,6 +233,11 @@ def collect_outcomes(
     answer_mode = collator.builder.answer_mode
     if answer_mode == "title" and item_titles is None:
         raise ValueError("Title answers are parsed against candidate titles: pass item_titles.")
+    if constrain_to_candidates and answer_mode != "title":
+        raise ValueError(
+            f"constrain_to_candidates restricts title answers to the candidates' titles, but answer_mode is "
+            f"{answer_mode!r}: index answers are always a candidate already. Use answer_mode='title'."
+        )
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
 
     valid, correct, ranks, history_lens, num_candidates, examples = [], [], [], [], set(), []
@@ -222,6 +256,26 @@ def collect_outcomes(
                     ranks.append(batch_ranks)
                     valid.append(np.ones(len(batch_ranks), dtype=bool))
                     correct.append(batch_ranks == 0)
+                elif constrain_to_candidates:
+                    answers = [[title_answer_ids(tokenizer, item_titles[item]) for item in row.tolist()]
+                               for row in candidates]  # fmt: skip
+                    scored = score_title_answers(model, answers, **batch)
+                    ranks.append(target_ranks(scored.log_likelihoods, target_index))
+                    valid.append(np.ones(len(scored.picks), dtype=bool))
+                    correct.append(np.array([p == [t] for p, t in zip(scored.picks, target_index.tolist())]))
+                    texts = tokenizer.batch_decode(scored.answers, skip_special_tokens=True)
+                    room = max(num_examples - len(examples), 0)
+                    examples += [
+                        {
+                            "generated": text,
+                            "target_title": item_titles[row[t].item()],
+                            "valid": True,
+                            "correct": bool(hit),
+                        }
+                        for text, row, t, hit in itertools.islice(
+                            zip(texts, candidates, target_index.tolist(), correct[-1]), room
+                        )
+                    ]
                 else:
                     new_tokens = model.generate(
                         **batch,
@@ -269,6 +323,7 @@ def collect_outcomes(
         answer_mode=answer_mode,
         prompt_style=collator.builder.prompt_style,
         examples=examples,
+        constrained=constrain_to_candidates,
     )
 
 
