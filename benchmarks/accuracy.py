@@ -220,6 +220,9 @@ def normalise(metrics: dict[str, Any]) -> dict[str, Any]:
 
 EVAL_FOLDER = "eval"
 PRIORS_EVAL_FOLDER = "eval-priors"  # the model once the priors joined
+CONSTRAINED_EVAL_FOLDER = "eval-constrained"  # title answers restricted to the candidates' titles
+VALIDATION_EVAL_FOLDER = "eval-validation"  # free title answers of the curve's validation users
+CONSTRAINED = "_constrained"  # suffix of a title method's row with answers restricted to the candidates' titles
 
 
 def evaluate_llm(
@@ -232,6 +235,7 @@ def evaluate_llm(
     work: Path,
     sitting: int,
     folder: str = EVAL_FOLDER,
+    constrained: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Evaluates one batch of test rows at a time and saves each batch's outcomes under `work/eval` as it finishes:
     title generation for 1,000 users runs for up to an hour on CPU, and a continued run (`--resume`) evaluates only
@@ -269,6 +273,7 @@ def evaluate_llm(
                 max_new_tokens=args.max_new_tokens,
                 show_progress=False,
                 num_examples=NUM_EXAMPLES,
+                constrain_to_candidates=constrained,
             )
             elapsed = round(time.perf_counter() - started, 1)
             saved = {"rows": key, "sitting": sitting, "commit": commit, "seconds": elapsed, **outcomes.to_dict()}
@@ -646,6 +651,21 @@ def run_method(
         sitting["sittings"],
         folder=PRIORS_EVAL_FOLDER if prior else EVAL_FOLDER,
     )
+    if spec.answer_mode == "title":
+        # The same model twice more: free answers of validation users (is the budget enough to name candidates?),
+        # and test answers restricted by a trie to the candidates' titles, ranked by title log-likelihood, so the
+        # row measures ranking quality alone.
+        _, checked = evaluate_llm(
+            spec, model, tokenizer, data, curve_rows, args, work, sitting["sittings"], VALIDATION_EVAL_FOLDER
+        )
+        result["validation"] = {
+            "users": len(curve_rows),
+            "ValidRatio": checked["ValidRatio"],
+            "VHR@1": checked["VHR@1"],
+        }
+        produced[name + CONSTRAINED] = evaluate_llm(
+            spec, model, tokenizer, data, test, args, work, sitting["sittings"], CONSTRAINED_EVAL_FOLDER, True
+        )
     del model
     gc.collect()
     if device == "cuda":
@@ -669,7 +689,10 @@ def run_method(
     if curve:
         rows[name][1]["learning_curve"] = curve.summary(sasrec_validation_hr1(data, curve_rows))
     for other, (other_hits, other_result) in produced.items():
-        description = f"{METHODS[other].description} (the speeder row's model before the prior joins)"
+        if other.endswith(CONSTRAINED):
+            description = f"{spec.description}; answers restricted to the candidates' titles (the {name} row's model)"
+        else:
+            description = f"{METHODS[other].description} (the speeder row's model before the prior joins)"
         rows[other] = (other_hits, {**other_result, "description": description, **shared})
     return rows
 

@@ -39,7 +39,7 @@ ABLATIONS = {
 # Table rows in this order whatever order the `--resume` runs added them in.
 METHOD_ORDER = ("sasrec", "prior", "priors", "speeder", "speeder_no_prior", "speeder_no_mpo", "speeder_no_spae")
 METHOD_ORDER += ("speeder_no_gate", "speeder_text_only")
-METHOD_ORDER += ("llara", "text", "mllm")
+METHOD_ORDER += ("llara", "llara_constrained", "text", "text_constrained", "mllm", "mllm_constrained")
 # The efficiency targets (docs/design.md, "Targets"): speeder / llara prompt tokens at most, training and inference
 # throughput ratios at least.
 TOKEN_TARGET, TRAIN_TARGET, INFER_TARGET = 0.25, 3.0, 5.0

@@ -361,19 +361,31 @@ def test_efficiency_quick_writes_every_field(quick_results):
     assert grow["speeder"] == pytest.approx(40 * 2, abs=1) and grow["mllm"] > 4 * grow["speeder"]
 
 
+def all_rows() -> set[str]:
+    """The rows of a run of every method: each title-answer method also gives its constrained twin."""
+    titled = [m for m in accuracy.ALL_METHODS if m in common.METHODS and common.METHODS[m].answer_mode == "title"]
+    return set(accuracy.ALL_METHODS) | {m + accuracy.CONSTRAINED for m in titled}
+
+
 def test_accuracy_quick_writes_every_field(quick_results):
     out, _, _ = quick_results
     result = json.loads((out / "accuracy.json").read_text())
     assert {"command", "machine"} <= set(result) and (out / "accuracy.png").stat().st_size > 0
     entry = result["synthetic"]
     assert entry["budget"]["train_samples"] == 24 and entry["budget"]["epochs"] == 1
-    assert set(entry["methods"]) == set(accuracy.ALL_METHODS) and not entry["skipped"]
+    titled = [m for m in accuracy.ALL_METHODS if m in common.METHODS and common.METHODS[m].answer_mode == "title"]
+    constrained = {m + accuracy.CONSTRAINED for m in titled}
+    assert set(entry["methods"]) == all_rows() and not entry["skipped"]
+    for name in titled:  # the free answers' validity on validation users, and the constrained twin: all valid
+        assert set(entry["methods"][name]["validation"]) == {"users", "ValidRatio", "VHR@1"}
+        twin = entry["methods"][name + accuracy.CONSTRAINED]
+        assert twin["ValidRatio"] == 1.0 and twin["NDCG@10"] is not None and twin["MRR"] is not None
     for name, metrics in entry["methods"].items():
         for key in ("VHR@1", "ValidRatio", "HR@1", "HR@5", "NDCG@5", "NDCG@10", "by_history_len"):
             assert key in metrics, (name, key)
         assert math.isclose(metrics["VHR@1"], metrics["HR@1"] * metrics["ValidRatio"], abs_tol=1e-9)
         untrained = name in (accuracy.SASREC, accuracy.PRIOR, accuracy.PRIORS)
-        ranked = untrained or common.METHODS[name].answer_mode == "index"
+        ranked = untrained or name in constrained or common.METHODS[name].answer_mode == "index"
         assert (metrics["NDCG@10"] is not None) == ranked
         assert sum(b["num_samples"] for b in metrics["by_history_len"].values()) == entry["data"]["test_users"]
         if not untrained:
@@ -434,7 +446,7 @@ def test_accuracy_resume_keeps_finished_methods_and_time_budget_skips(quick_resu
     result = accuracy.main(["--quick", "--out", str(tmp_path), "--resume", "--redo", "--methods", "sasrec"])
     assert [run["methods"] for run in result["runs"]] == [[m for m in first["methods"] if m != "synthetic/sasrec"],
                                                           ["synthetic/sasrec"]]  # fmt: skip
-    assert set(result["synthetic"]["methods"]) == set(accuracy.ALL_METHODS)
+    assert set(result["synthetic"]["methods"]) == all_rows()
     with pytest.raises(SystemExit):  # nothing to replace without --resume
         accuracy.parse_args(["--redo"])
     result = accuracy.main(["--quick", "--out", str(tmp_path), "--methods", "sasrec", "--time_budget_s", "0"])
@@ -565,7 +577,8 @@ def test_accuracy_continues_an_interrupted_evaluation_from_its_last_saved_batch(
     # other rows (validation users) are never answered from the test rows' saved outcomes
     calls.clear()
     other = accuracy.main([*run, "--out", str(tmp_path / "third"), "--resume", "--eval_split", "validation"])
-    assert calls == [5, 5, 2] and other["synthetic"]["methods"]["llara"]["eval_sittings"] == 1
+    # (the free answers' three batches, then their constrained twin's; the curve's validation users were saved)
+    assert calls == [5, 5, 2, 5, 5, 2] and other["synthetic"]["methods"]["llara"]["eval_sittings"] == 1
 
 
 def test_report_renders_the_results_page_and_the_headline_from_the_json(quick_results, tmp_path, capsys):
