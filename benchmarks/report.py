@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speeder_hf.metrics import mcnemar_test
+
 from .arguments import parse_arguments
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +45,10 @@ METHOD_ORDER += ("llara", "llara_constrained", "text", "text_constrained", "mllm
 # The efficiency targets (docs/design.md, "Targets"): speeder / llara prompt tokens at most, training and inference
 # throughput ratios at least.
 TOKEN_TARGET, TRAIN_TARGET, INFER_TARGET = 0.25, 3.0, 5.0
+# The baselines on the uncut backbone, and Speeder beside them at equal training samples and at equal training time:
+# each an accuracy run of its own, in these folders of the results directory.
+FULL_BACKBONE_RUNS = {"full_backbone": "equal samples", "full_backbone_equal_time": "equal training time"}
+FULL_BACKBONE_METRICS = ("VHR@1", "ValidRatio", "HR@5", "NDCG@10", "MRR")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -369,6 +375,62 @@ def sasrec_section(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def full_backbone_section(results_dir: Path) -> list[str]:
+    """The title-answer baselines on the uncut backbone, with their constrained twins, beside Speeder on the same
+    backbone at equal training samples and at equal training time (each a run in a `FULL_BACKBONE_RUNS` folder, on
+    the same test users), with each row's cost: training seconds and evaluated rows per second."""
+    runs = {
+        folder: json.loads((results_dir / folder / "accuracy.json").read_text())
+        for folder in FULL_BACKBONE_RUNS
+        if (results_dir / folder / "accuracy.json").is_file()
+    }
+    if not runs:
+        return []
+    hits = {
+        folder: json.loads(path.read_text()) if (path := results_dir / folder / "accuracy_hits.json").is_file() else {}
+        for folder in runs
+    }
+    lines = ["## Baselines at the full backbone", ""]
+    for folder, result in runs.items():
+        lines += [f"**{FULL_BACKBONE_RUNS[folder]}** (`{folder}/accuracy.json`):", *_provenance(result), ""]
+    first = next(iter(runs.values()))
+    for dataset in [k for k, v in first.items() if isinstance(v, dict) and "budget" in v]:
+        data = first[dataset]["data"]
+        lines += [
+            f"**{dataset}**: {data['test_users']} test users, {data['candidates']}.",
+            "",
+            "| method | budget | " + " | ".join(FULL_BACKBONE_METRICS) + " | validation ValidRatio | training "
+            "samples | train s | eval rows/s | paired test vs llara |",
+            "|---|---|" + "---:|" * (len(FULL_BACKBONE_METRICS) + 5),
+        ]
+        reference = hits.get("full_backbone", {}).get(dataset, {}).get("llara")
+        for folder, result in runs.items():
+            methods = result.get(dataset, {}).get("methods", {})
+            known = [m for m in METHOD_ORDER if m in methods] + [m for m in methods if m not in METHOD_ORDER]
+            for name in known:
+                row = methods[name]
+                saved = hits[folder].get(dataset, {}).get(name)
+                paired = "–"
+                if reference and saved and name != "llara" and saved["rows"] == reference["rows"]:
+                    test = mcnemar_test([c == "1" for c in saved["hits"]], [c == "1" for c in reference["hits"]])
+                    paired = _p(test["p_value"])
+                rate = row["num_samples"] / row["eval_seconds"] if row.get("eval_seconds") else None
+                lines.append(
+                    f"| {name} | {FULL_BACKBONE_RUNS[folder]} | "
+                    + " | ".join(_fmt(row.get(k)) for k in FULL_BACKBONE_METRICS)
+                    + f" | {_fmt(row.get('validation', {}).get('ValidRatio'))} | {row.get('train_samples_seen', '–')} "
+                    f"| {_fmt(row.get('train_seconds'), 0)} | {_fmt(rate, 2)} | {paired} |"
+                )
+        lines.append("")
+    lines += textwrap.wrap(
+        "A `_constrained` row is the same trained model as the row above it, its answers restricted by a prefix trie "
+        "to the candidates' titles (so every answer is valid) and the candidates ranked by title log-likelihood. "
+        "The validation ValidRatio is that of the free answers on validation users, after training.",
+        width=120,
+    ) + [""]
+    return lines
+
+
 def headline(results_dir: Path = RESULTS_DIR) -> list[str]:
     """The headline table (the README's results table): per accuracy dataset, Speeder against the SASRec it reads on
     the same test users and candidates, its two parts apart (the priors without the LLM, the LLM without the
@@ -439,6 +501,7 @@ def render(results_dir: Path, output: Path) -> str:
             continue
         image = os.path.relpath(results_dir / f"{name}.png", output.parent)
         lines += section(json.loads(path.read_text()), image) + [""]
+    lines += full_backbone_section(results_dir)
     if (results_dir / "two_stage.json").is_file():
         lines += two_stage_section(json.loads((results_dir / "two_stage.json").read_text()))
     if (results_dir / "mpo_share.json").is_file():

@@ -680,3 +680,20 @@ def test_target_lines_use_the_paired_test_when_the_rows_have_one():
     )
     assert "below the full model by 0.1600: adding the priors to the LLM helps (significant;" in lines[1]
     assert "p < 1e-12" in lines[1] and "**not below the full model** (by 0.0010): no gain from the MRC gate" in lines[2]
+
+
+def test_full_backbone_section_sets_each_baseline_beside_speeder_with_its_cost(quick_results, tmp_path):
+    out, _, _ = quick_results
+    assert report.full_backbone_section(tmp_path) == []  # no run: no section
+    (tmp_path / "full_backbone").mkdir()
+    for name in ("accuracy.json", accuracy.HITS_FILE):
+        (tmp_path / "full_backbone" / name).write_text((out / name).read_text())
+    section = report.full_backbone_section(tmp_path)
+    rows = {
+        line.split(" | ")[0][2:]: line.split(" | ") for line in section if line.startswith("| ") and "---" not in line
+    }
+    assert {"speeder", "llara", "llara_constrained", "text_constrained"} <= set(rows)
+    assert rows["llara_constrained"][3] == "1.0000"  # ValidRatio: every constrained answer names a candidate
+    assert rows["llara"][-1] == "– |" and rows["speeder"][-1] != "– |"  # paired with llara on the same users
+    methods = json.loads((out / "accuracy.json").read_text())["synthetic"]["methods"]
+    assert rows["llara"][7] == f"{methods['llara']['validation']['ValidRatio']:.4f}"
