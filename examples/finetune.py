@@ -24,7 +24,7 @@ def main() -> None:
     print("\nTest metrics:", json.dumps(results["metrics"], indent=2))
     print(f"Model saved to {args.output_dir} (wall time {results['wall_seconds'] / 60:.1f} min)")
     if args.push_to_hub:
-        from speeder_hf.hub import publish_folder
+        from speeder_hf.publishing import publish_folder
 
         print("Published:", publish_folder(args.output_dir, args.push_to_hub))
 

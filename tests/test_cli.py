@@ -125,7 +125,7 @@ def test_push(saved, tmp_path):  # noqa: F811
     directory = tmp_path / "model"
     shutil.copytree(saved[3], directory)
     fake = FakeHub()
-    with mock.patch("speeder_hf.hub.HfApi", return_value=fake):
+    with mock.patch("speeder_hf.publishing.HfApi", return_value=fake):
         main(["push", "--model_dir", str(directory), "--repo_id", "org/speeder-tiny", "--private"])
     (upload,) = fake.uploads
     assert upload["repo_id"] == "org/speeder-tiny" and fake.created[0]["private"] is True

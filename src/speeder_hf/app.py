@@ -6,7 +6,7 @@ In the page a person picks the items of a history (oldest first) by title in a s
 model's ranking of the retrieved candidates, with scores and the items' images where there are any, beside the
 retriever's own order of the same candidates. Bad input (an unknown item, an empty history) is answered with a
 message in the page. The example users are the model card's: the `examples` of the evaluation results saved with
-the model (`eval_results.json`, see `speeder_hf.hub`).
+the model (`eval_results.json`, see `speeder_hf.model_card`).
 
 A saved model keeps no image paths (they are files of the machine that built its catalog), so the images come from
 a catalog folder given with `--catalog` (what `speeder-hf build-catalog --out` writes for the same dataset), whose
@@ -32,9 +32,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from speeder_hf.hub import RESULTS_FILE
 from speeder_hf.item_index import ItemIndex
 from speeder_hf.loading import hub_file
+from speeder_hf.model_card import RESULTS_FILE
 from speeder_hf.recommend import FeatureRetriever, Recommender, SASRecRetriever
 
 # Gradio reports usage to a remote server by default; a local demo of a local model has no reason to.

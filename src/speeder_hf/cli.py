@@ -181,7 +181,7 @@ def train_command(args: argparse.Namespace) -> None:
     print(json.dumps(results["metrics"], indent=2))
     print(f"Model saved to {settings.output_dir}.")
     if settings.push_to_hub:
-        from .hub import publish_folder
+        from .publishing import publish_folder
 
         print("Published:", publish_folder(settings.output_dir, settings.push_to_hub))
 
@@ -232,7 +232,7 @@ def recommend_command(args: argparse.Namespace) -> None:
 
 
 def card_command(args: argparse.Namespace) -> None:
-    from .hub import build_model_card
+    from .model_card import build_model_card
 
     card = build_model_card(
         args.model_dir,
@@ -250,7 +250,7 @@ def card_command(args: argparse.Namespace) -> None:
 def push_command(args: argparse.Namespace) -> None:
     from huggingface_hub import ModelCard
 
-    from .hub import publish_folder
+    from .publishing import publish_folder
 
     card = ModelCard.load(args.card) if args.card else None
     url = publish_folder(

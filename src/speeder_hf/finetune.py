@@ -29,8 +29,8 @@ from .data import CandidateSamplingDataset, RecDataset, last_training_rows, make
 from .encoders import ImageEncoder, TextEncoder, default_cache_dir, encode_image_modality, encode_text_modality
 from .evaluation import evaluate_ranking
 from .export import save_pretrained_bundle
-from .hub import card_examples
 from .lora import merge_lora
+from .model_card import card_examples
 from .modeling_speeder import SpeederForSequentialRec
 from .mpo import default_stages, has_progress, run_mpo
 from .prior_calibration import PriorFusion, calibrate_priors, calibrate_retrieved_fusion

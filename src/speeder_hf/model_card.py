@@ -1,12 +1,10 @@
-"""Model cards and publishing to the Hugging Face Hub.
+"""The model card of a saved Speeder model.
 
-- [`build_model_card`] fills the card template (`speeder_hf/model_card_template.md`, shipped as package data) from a
-  saved model directory and its evaluation results: the Hub metadata (library_name, pipeline_tag, base_model,
-  datasets, tags, license, a `model-index` with the measured metrics), example recommendations (the model's real
-  output for the example users, which the web demo `speeder_hf.app` offers too), how to run the demo, a usage
-  snippet, training details, limitations and citations.
-- [`publish`] / [`publish_folder`]: `save_pretrained_bundle` -> card -> `HfApi().upload_folder`. The card is written
-  last and uploaded with the files: `push_to_hub` would replace README.md with an auto-generated stub.
+[`build_model_card`] fills the card template (`speeder_hf/model_card_template.md`, shipped as package data) from a
+saved model directory and its evaluation results: the Hub metadata (library_name, pipeline_tag, base_model,
+datasets, tags, license, a `model-index` with the measured metrics), example recommendations (the model's real
+output for the example users, which the web demo `speeder_hf.app` offers too), how to run the demo, a usage
+snippet, training details, limitations and citations (`speeder_hf.citations`).
 
 The evaluation results file is the JSON that `speeder_hf.finetune.run_finetune` writes (`eval_results.json`):
 `dataset`, `split`, `metrics` (the output of `evaluate_ranking`), `mpo_stages`, `train_samples_seen`,
@@ -20,19 +18,18 @@ from __future__ import annotations
 import json
 import logging
 import re
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .backbones import SMOLLM2, SMOLLM2_HUB_ID
 from .catalog import ItemCatalog
-from .export import SASREC_DIR, save_pretrained_bundle
+from .citations import SASREC_CITATION, SPEEDER_CITATION, DatasetInfo, dataset_info
+from .export import SASREC_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -51,88 +48,6 @@ TAGS = ["recommendation", "sequential-recommendation", "multimodal", "speeder", 
 # Metrics put in the model-index, in this order (others from `evaluate_ranking` stay in the card's table only).
 INDEX_METRICS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
 
-SPEEDER_CITATION = """@article{zhong2025speeder,
-  title   = {A Remarkably Efficient Paradigm to Multimodal Large Language Models for Sequential Recommendation},
-  author  = {Zhong and Su and Yang and Ma and Zheng and Chen},
-  journal = {arXiv preprint arXiv:2511.05885},
-  year    = {2025}
-}"""
-SASREC_CITATION = """@inproceedings{kang2018sasrec,
-  title     = {Self-Attentive Sequential Recommendation},
-  author    = {Kang, Wang-Cheng and McAuley, Julian},
-  booktitle = {IEEE International Conference on Data Mining (ICDM)},
-  year      = {2018}
-}"""
-AMAZON_CITATIONS = """@inproceedings{mcauley2015image,
-  title     = {Image-Based Recommendations on Styles and Substitutes},
-  author    = {McAuley, Julian and Targett, Christopher and Shi, Qinfeng and van den Hengel, Anton},
-  booktitle = {Proceedings of the 38th International ACM SIGIR Conference on Research and Development in
-               Information Retrieval},
-  year      = {2015}
-}
-@inproceedings{he2016ups,
-  title     = {Ups and Downs: Modeling the Visual Evolution of Fashion Trends with One-Class Collaborative Filtering},
-  author    = {He, Ruining and McAuley, Julian},
-  booktitle = {Proceedings of the 25th International Conference on World Wide Web (WWW)},
-  year      = {2016}
-}"""
-MOVIELENS_CITATION = """@article{harper2015movielens,
-  title   = {The MovieLens Datasets: History and Context},
-  author  = {Harper, F. Maxwell and Konstan, Joseph A.},
-  journal = {ACM Transactions on Interactive Intelligent Systems},
-  volume  = {5},
-  number  = {4},
-  year    = {2015}
-}"""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """How a card names and cites a dataset: `pretty` name, `slug` (the `datasets:` entry and model-index type),
-    `citations` (BibTeX) and `terms` (the data's terms of use, for the limitations)."""
-
-    pretty: str
-    slug: str
-    citations: str
-    terms: str
-
-
-_AMAZON_TERMS = "Amazon review data (McAuley et al., UCSD) is distributed for research use; cite the papers below."
-KNOWN_DATASETS = {
-    "beauty": DatasetInfo("Amazon Beauty (2014, 5-core)", "amazon-beauty-2014-5core", AMAZON_CITATIONS, _AMAZON_TERMS),
-    "sports": DatasetInfo(
-        "Amazon Sports and Outdoors (2014, 5-core)", "amazon-sports-2014-5core", AMAZON_CITATIONS, _AMAZON_TERMS
-    ),
-    "movielens": DatasetInfo(
-        "MovieLens-100K",
-        "movielens-100k",
-        MOVIELENS_CITATION,
-        "MovieLens data (GroupLens) is for research use only, without endorsement, and may not be redistributed.",
-    ),
-    "steam": DatasetInfo(
-        "Steam (LLaRA split)",
-        "steam-llara",
-        SASREC_CITATION,
-        "The Steam data (Kang & McAuley, ICDM 2018) is a research dataset.",
-    ),
-}
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """The card description of a dataset, matched by name (`"Beauty"`, `"movielens-100k"`, ...).
-
-    Raises:
-        ValueError: for a dataset the card generator cannot cite; add it to `KNOWN_DATASETS`.
-    """
-    key = name.lower()
-    matches = [info for word, info in KNOWN_DATASETS.items() if word in key or (word == "movielens" and "ml-" in key)]
-    if not matches:
-        raise ValueError(
-            f"No card description for dataset {name!r}: add a DatasetInfo for it to speeder_hf.hub.KNOWN_DATASETS "
-            f"(known: {sorted(KNOWN_DATASETS)})."
-        )
-    return matches[0]
-
 
 def card_examples(rows: Sequence[dict[str, Any]], catalog: ItemCatalog, n: int = 3) -> list[dict[str, Any]]:
     """Example users for the card, from evaluation rows (`user_id`, `history`, `target` as catalog rows): their
@@ -149,7 +64,6 @@ def card_examples(rows: Sequence[dict[str, Any]], catalog: ItemCatalog, n: int =
     return examples
 
 
-# ----- the card ------------------------------------------------------------------------------------------------
 def _require(results: dict[str, Any], keys: Sequence[str], path: str) -> None:
     missing = [key for key in keys if key not in results]
     if missing:
@@ -370,7 +284,7 @@ def build_model_card(
     )
     _require(results["metrics"], ("VHR@1", "num_samples", "protocol"), f"{source} ('metrics')")
     if not results["examples"]:
-        raise ValueError(f"{source} has no examples; add some with speeder_hf.hub.card_examples.")
+        raise ValueError(f"{source} has no examples; add some with speeder_hf.model_card.card_examples.")
     template = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE
     if not template.is_file():
         raise FileNotFoundError(f"Model card template {template} not found; pass template_path.")
@@ -551,82 +465,10 @@ def build_model_card(
     return card
 
 
-# ----- publishing ----------------------------------------------------------------------------------------------
-def _upload(folder: Path, repo_id: str, private: bool | None, token: str | None, commit_message: str) -> str:
-    """Creates the repo if needed and uploads the model files of `folder` (top-level files and `sasrec/`; training
-    leftovers in other subfolders, such as MPO checkpoints, stay local). Returns the commit URL."""
-    files = sorted(p.name for p in folder.iterdir() if p.is_file())
-    if "README.md" not in files:
-        raise FileNotFoundError(f"{folder} has no README.md: write the model card before uploading.")
-    allow = files + ([f"{SASREC_DIR}/*"] if (folder / SASREC_DIR).is_dir() else [])
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), allow_patterns=allow, commit_message=commit_message
-    )
-    return getattr(commit, "commit_url", str(commit))
-
-
-def publish(
-    model,
-    tokenizer,
-    catalog: ItemCatalog,
-    repo_id: str,
-    card: ModelCard,
-    sasrec=None,
-    private: bool | None = None,
-    token: str | None = None,
-    commit_message: str = "Upload Speeder model",
-    save_directory: str | Path | None = None,
-) -> str:
-    """Publishes a model: `save_pretrained_bundle` (merging LoRA, with catalog, SASRec and remote code) into
-    `save_directory` (default a temporary folder), then the card as README.md, then one `upload_folder` commit.
-
-    Returns:
-        The URL of the commit.
-    """
-    if save_directory is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            return publish(model, tokenizer, catalog, repo_id, card, sasrec, private, token, commit_message, tmp)
-    folder = save_pretrained_bundle(model, save_directory, tokenizer, catalog, sasrec=sasrec)
-    card.save(folder / "README.md")
-    return _upload(folder, repo_id, private, token, commit_message)
-
-
-def publish_folder(
-    model_dir: str | Path,
-    repo_id: str,
-    card: ModelCard | None = None,
-    eval_results: str | Path | None = None,
-    private: bool | None = None,
-    token: str | None = None,
-    commit_message: str = "Upload Speeder model",
-    space_id: str | None = None,
-) -> str:
-    """Publishes a directory saved by `save_pretrained_bundle`. Without `card`, one is built with
-    [`build_model_card`] from `eval_results` (default `<model_dir>/eval_results.json`), the real `repo_id` and
-    the demo's `space_id`; it is written to `<model_dir>/README.md` before the upload.
-
-    Returns:
-        The URL of the commit.
-    """
-    model_dir = Path(model_dir)
-    if card is None:
-        eval_results = Path(eval_results) if eval_results is not None else model_dir / RESULTS_FILE
-        card = build_model_card(model_dir, eval_results, repo_id=repo_id, space_id=space_id)
-    card.save(model_dir / "README.md")
-    return _upload(model_dir, repo_id, private, token, commit_message)
-
-
 __all__ = [
     "DEFAULT_TEMPLATE",
     "HUB_PIPELINE_TAG",
-    "KNOWN_DATASETS",
     "RESULTS_FILE",
-    "DatasetInfo",
     "build_model_card",
     "card_examples",
-    "dataset_info",
-    "publish",
-    "publish_folder",
 ]
