@@ -49,8 +49,9 @@ def main() -> None:
 
     from speeder_hf import ItemCatalog, SpeederForSequentialRec
     from speeder_hf.evaluation import evaluate_ranking
+    from speeder_hf.evaluation_report import card_examples
     from speeder_hf.export import save_pretrained_bundle
-    from speeder_hf.model_card import build_model_card, card_examples
+    from speeder_hf.model_card import build_model_card
     from speeder_hf.mpo import default_stages
     from speeder_hf.recommend import Recommender
     from speeder_hf.testing import tiny_causal_lm, word_level_tokenizer

@@ -20,8 +20,9 @@ import speeder_hf.pipeline_speeder  # noqa: F401  (registers the task)
 from speeder_hf.app import RecommenderDemo, load_examples
 from speeder_hf.citations import dataset_info
 from speeder_hf.evaluation import evaluate_ranking
+from speeder_hf.evaluation_report import card_examples
 from speeder_hf.export import save_pretrained_bundle
-from speeder_hf.model_card import HUB_PIPELINE_TAG, build_model_card, card_examples
+from speeder_hf.model_card import HUB_PIPELINE_TAG, build_model_card
 from speeder_hf.mpo import default_stages
 from speeder_hf.publishing import publish, publish_folder
 from speeder_hf.recommend import Recommender

@@ -6,7 +6,7 @@ In the page a person picks the items of a history (oldest first) by title in a s
 model's ranking of the retrieved candidates, with scores and the items' images where there are any, beside the
 retriever's own order of the same candidates. Bad input (an unknown item, an empty history) is answered with a
 message in the page. The example users are the model card's: the `examples` of the evaluation results saved with
-the model (`eval_results.json`, see `speeder_hf.model_card`).
+the model (`eval_results.json`, see `speeder_hf.evaluation_report`).
 
 A saved model keeps no image paths (they are files of the machine that built its catalog), so the images come from
 a catalog folder given with `--catalog` (what `speeder-hf build-catalog --out` writes for the same dataset), whose
@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 import sys
 from collections import Counter
@@ -32,9 +31,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from speeder_hf.evaluation_report import RESULTS_FILE, read_examples
 from speeder_hf.item_index import ItemIndex
 from speeder_hf.loading import hub_file
-from speeder_hf.model_card import RESULTS_FILE
 from speeder_hf.recommend import FeatureRetriever, Recommender, SASRecRetriever
 
 # Gradio reports usage to a remote server by default; a local demo of a local model has no reason to.
@@ -52,7 +51,7 @@ def load_examples(path_or_repo: str | Path) -> list[dict[str, Any]]:
     found = hub_file(path_or_repo, RESULTS_FILE)
     if found is None:
         return []
-    return list(json.loads(found.read_text(encoding="utf-8")).get("examples") or [])
+    return read_examples(found)
 
 
 def history_choices(titles: Sequence[str | None], item_ids: Sequence[str]) -> list[tuple[str, str]]:

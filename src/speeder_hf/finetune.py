@@ -28,9 +28,9 @@ from .content_prior import default_modalities
 from .data import CandidateSamplingDataset, RecDataset, last_training_rows, make_split, training_sequences
 from .encoders import ImageEncoder, TextEncoder, default_cache_dir, encode_image_modality, encode_text_modality
 from .evaluation import evaluate_ranking
+from .evaluation_report import EvaluationReport, card_examples
 from .export import save_pretrained_bundle
 from .lora import merge_lora
-from .model_card import card_examples
 from .modeling_speeder import SpeederForSequentialRec
 from .mpo import default_stages, has_progress, run_mpo
 from .prior_calibration import PriorFusion, calibrate_priors, calibrate_retrieved_fusion
@@ -351,7 +351,8 @@ def mpo_training_args(args: FinetuneArguments) -> TrainingArguments:
 
 
 def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
-    """Runs the main job; returns the test metrics (also written to `<output_dir>/eval_results.json`).
+    """Runs the main job; returns its evaluation report as a dict (`EvaluationReport.to_dict`), which is also saved
+    as `<output_dir>/eval_results.json`.
 
     Under several processes (`accelerate launch`, torchrun) every process trains, and only the main one fits the
     priors, saves, evaluates and returns the results; the others return `{"main_process": False, ...}` with no
@@ -461,27 +462,28 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     )
     # Every process trains on its own batches of `batch_size` in each optimizer step.
     samples_per_step = args.batch_size * args.gradient_accumulation_steps * training_args.world_size
-    results = {
-        "dataset": rec.name,
-        "split": args.eval_split,
-        "metrics": metrics,
-        "priors": prior_record,
-        "train_samples_seen": sum(s.max_steps for s in stages) * samples_per_step,
-        "mpo_stages": [asdict(s) for s in stages],
-        "train_seconds": round(train_seconds, 1),
-        "wall_seconds": round(time.time() - start, 1),
-        "machine": machine_description(),
-        "command": " ".join(sys.argv),
-        "arguments": asdict(args),
-        "date": time.strftime("%Y-%m-%d"),
-    }
+    baselines = {}
     if sasrec is not None:
         # Same users and candidates: the model Speeder reads, and the one it has to beat.
-        sasrec_metrics = evaluate_sasrec(sasrec, test, full_ranking=False, progress=False)
-        results["baselines"] = {"SASRec": sasrec_metrics}
-        print_comparison(metrics, sasrec_metrics, args.eval_split)
-    results["examples"] = card_examples(test, catalog, args.num_examples)
-    (out / "eval_results.json").write_text(json.dumps(results, indent=2))
+        baselines["SASRec"] = evaluate_sasrec(sasrec, test, full_ranking=False, progress=False)
+        print_comparison(metrics, baselines["SASRec"], args.eval_split)
+    report = EvaluationReport(
+        dataset=rec.name,
+        split=args.eval_split,
+        metrics=metrics,
+        priors=prior_record,
+        train_samples_seen=sum(s.max_steps for s in stages) * samples_per_step,
+        mpo_stages=[asdict(s) for s in stages],
+        train_seconds=round(train_seconds, 1),
+        wall_seconds=round(time.time() - start, 1),
+        machine=machine_description(),
+        command=" ".join(sys.argv),
+        arguments=asdict(args),
+        date=time.strftime("%Y-%m-%d"),
+        baselines=baselines,
+        examples=card_examples(test, catalog, args.num_examples),
+    )
+    report.save(out)
 
     recommender = Recommender.from_pretrained(str(out))
     for user in test.select(range(min(args.num_examples, len(test)))):
@@ -490,4 +492,4 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         print(f"\nUser {user['user_id']}: last items {[catalog.titles[i] for i in user['history'][-3:]]}")
         for rank, item in enumerate(recs, 1):
             print(f"  {rank}. {item['title']} (id {item['item_id']}, score {item['score']:.3f})")
-    return results
+    return report.to_dict()

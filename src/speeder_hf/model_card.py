@@ -6,11 +6,8 @@ datasets, tags, license, a `model-index` with the measured metrics), example rec
 output for the example users, which the web demo `speeder_hf.app` offers too), how to run the demo, a usage
 snippet, training details, limitations and citations (`speeder_hf.citations`).
 
-The evaluation results file is the JSON that `speeder_hf.finetune.run_finetune` writes (`eval_results.json`):
-`dataset`, `split`, `metrics` (the output of `evaluate_ranking`), `mpo_stages`, `train_samples_seen`,
-`train_seconds`, `wall_seconds`, `machine`, `command`, `arguments`, and `examples` (see [`card_examples`]: the
-example users of both the card and the web demo);
-optionally `baselines` (`{name: metrics}` on the same users and candidates) and `base_model`.
+The card is filled from the model's evaluation report (`speeder_hf.evaluation_report.EvaluationReport`, saved
+beside the model as `eval_results.json`), whose example users the web demo shows too.
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .backbones import SMOLLM2, SMOLLM2_HUB_ID
 from .catalog import ItemCatalog
 from .citations import SASREC_CITATION, SPEEDER_CITATION, DatasetInfo, dataset_info
+from .evaluation_report import RESULTS_FILE, EvaluationReport, read_examples
 from .export import SASREC_DIR
 
 logger = logging.getLogger(__name__)
@@ -41,41 +39,17 @@ PIPELINE_TASK = "sequential-recommendation"
 # no widget, and set explicitly it keeps the Hub from guessing a task from config.json (whose auto_map names
 # AutoModelForCausalLM). The web demo (`speeder_hf.app`) is where the model runs in a browser.
 HUB_PIPELINE_TAG = "other"
-# The evaluation results saved beside a trained model (`run_finetune` writes it, `publish_folder` uploads it): the
-# card's metrics and example users, and the web demo's example users, come from it.
-RESULTS_FILE = "eval_results.json"
 TAGS = ["recommendation", "sequential-recommendation", "multimodal", "speeder", "custom_code"]
 # Metrics put in the model-index, in this order (others from `evaluate_ranking` stay in the card's table only).
 INDEX_METRICS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
 
 
-def card_examples(rows: Sequence[dict[str, Any]], catalog: ItemCatalog, n: int = 3) -> list[dict[str, Any]]:
-    """Example users for the card, from evaluation rows (`user_id`, `history`, `target` as catalog rows): their
-    history and true next item as external ids. Store them as `examples` in the evaluation results file."""
-    examples = []
-    for row in list(rows)[:n]:
-        examples.append(
-            {
-                "user_id": str(row["user_id"]),
-                "history": [catalog.item_ids[i] for i in row["history"]],
-                "target": catalog.item_ids[row["target"]],
-            }
-        )
-    return examples
-
-
-def _require(results: dict[str, Any], keys: Sequence[str], path: str) -> None:
-    missing = [key for key in keys if key not in results]
-    if missing:
-        raise ValueError(f"{path} lacks {missing}; it must be the eval_results.json written by run_finetune.")
-
-
-def _base_model(results: dict[str, Any], config: dict[str, Any]) -> str:
+def _base_model(report: EvaluationReport, config: dict[str, Any]) -> str:
     """The Hub id of the backbone: `base_model` in the results, the `llm` argument when it names a Hub model, or the
     id recorded in the LLM's config."""
-    if results.get("base_model"):
-        return results["base_model"]
-    llm = str(results.get("arguments", {}).get("llm", ""))
+    if report.base_model:
+        return report.base_model
+    llm = str(report.arguments.get("llm", ""))
     if llm.lower() in {"smollm2", SMOLLM2}:
         return SMOLLM2_HUB_ID
     hub_id = re.compile(r"[\w.-]+/[\w.-]+")
@@ -104,11 +78,10 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     return "\n".join(f"| {name} | {_fmt(metrics[name])} |" for name in names)
 
 
-def _baselines_section(results: dict[str, Any], model_name: str) -> str:
-    baselines = results.get("baselines") or {}
-    if not baselines:
+def _baselines_section(report: EvaluationReport, model_name: str) -> str:
+    if not report.baselines:
         return ""
-    rows = {model_name: results["metrics"], **baselines}
+    rows = {model_name: report.metrics, **report.baselines}
     names = [m for m in INDEX_METRICS if all(m in r for r in rows.values())]
     lines = [
         "### Baselines (same users, same candidates)\n",
@@ -189,17 +162,17 @@ def _check_app_examples(model_dir: Path, examples: list[dict[str, Any]], source:
     """Warns when the results saved beside the model, whose example users the web demo shows, hold other examples
     than the card's."""
     saved = model_dir / RESULTS_FILE
-    if saved.is_file() and json.loads(saved.read_text()).get("examples") != examples:
+    if saved.is_file() and read_examples(saved) != examples:
         logger.warning(
             "The card's examples (from %s) differ from those in %s, which the web demo shows.", source, saved
         )
 
 
 def _limitations(
-    results: dict[str, Any], config: dict[str, Any], info: DatasetInfo, trained_modalities: set[str]
+    report: EvaluationReport, config: dict[str, Any], info: DatasetInfo, trained_modalities: set[str]
 ) -> str:
-    metrics, args = results["metrics"], results.get("arguments", {})
-    steps = sum(int(s.get("max_steps") or 0) for s in results["mpo_stages"])
+    metrics, args = report.metrics, report.arguments
+    steps = sum(int(s.get("max_steps") or 0) for s in report.mpo_stages)
     points = []
     if args.get("llm_layers"):
         points.append(
@@ -207,7 +180,7 @@ def _limitations(
             "(`--llm_layers`, a compute budget for CPUs), so it is not the full base model."
         )
     points += [
-        f"The training budget was small: {steps} optimizer steps on {results['machine']}. The model demonstrates "
+        f"The training budget was small: {steps} optimizer steps on {report.machine}. The model demonstrates "
         "the method and is not a tuned production recommender.",
         f"A random pick among the {config['num_candidates']} candidates scores VHR@1 = "
         f"{1 / config['num_candidates']:.3f} in expectation; compare VHR@1 = {metrics['VHR@1']:.3f} with that.",
@@ -221,7 +194,7 @@ def _limitations(
         "When no candidates are given, the retrieval stage bounds what can be recommended: the LLM only reorders the "
         f"{config['num_candidates']} retrieved items.",
     ]
-    weights = results.get("priors", {}).get("weights")
+    weights = report.priors.get("weights")
     if weights:
         listed = ", ".join(f"{name} {value:.2f}" for name, value in weights.items())
         points.append(
@@ -251,7 +224,7 @@ def _limitations(
 
 def build_model_card(
     model_dir: str | Path,
-    eval_results: str | Path | dict[str, Any],
+    eval_results: EvaluationReport | str | Path | dict[str, Any],
     repo_id: str | None = None,
     license: str = "apache-2.0",
     template_path: str | Path | None = None,
@@ -260,11 +233,12 @@ def build_model_card(
     """The model card of a directory saved by `save_pretrained_bundle`, filled from its evaluation results.
 
     The example recommendations are computed here, by running the saved model on the `examples`
-    of the results file.
+    of the report.
 
     Args:
         model_dir: the saved model (config, weights, tokenizer, item catalog, optional `sasrec/`).
-        eval_results: the results file (or its parsed content) written by `run_finetune`.
+        eval_results: the evaluation report that `run_finetune` saved: the report, its file, or the file's parsed
+            content.
         repo_id: the Hub id used in the usage snippets; defaults to the directory name.
         license: the license of the model weights.
         template_path: a Jinja template; defaults to the package's `model_card_template.md`.
@@ -275,30 +249,32 @@ def build_model_card(
         FileNotFoundError: missing model files or template.
     """
     model_dir = Path(model_dir)
-    source = str(eval_results) if not isinstance(eval_results, dict) else "the evaluation results"
-    results = eval_results if isinstance(eval_results, dict) else json.loads(Path(eval_results).read_text())
-    _require(
-        results,
-        ("dataset", "split", "metrics", "mpo_stages", "train_samples_seen", "train_seconds", "machine", "examples"),
-        source,
-    )
-    _require(results["metrics"], ("VHR@1", "num_samples", "protocol"), f"{source} ('metrics')")
-    if not results["examples"]:
-        raise ValueError(f"{source} has no examples; add some with speeder_hf.model_card.card_examples.")
+    if isinstance(eval_results, EvaluationReport):
+        source, report = "the evaluation report", eval_results
+    elif isinstance(eval_results, dict):
+        source = "the evaluation results"
+        report = EvaluationReport.from_dict(eval_results, source)
+    else:
+        source, report = str(eval_results), EvaluationReport.load(eval_results)
+    missing = [key for key in ("VHR@1", "num_samples", "protocol") if key not in report.metrics]
+    if missing:
+        raise ValueError(f"{source} ('metrics') lacks {missing}; it must be the report written by run_finetune.")
+    if not report.examples:
+        raise ValueError(f"{source} has no examples; add some with speeder_hf.evaluation_report.card_examples.")
     template = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE
     if not template.is_file():
         raise FileNotFoundError(f"Model card template {template} not found; pass template_path.")
 
     config = json.loads((model_dir / "config.json").read_text())
     catalog = ItemCatalog.load(model_dir)
-    info = dataset_info(results["dataset"])
-    base_model = _base_model(results, config)
+    info = dataset_info(report.dataset)
+    base_model = _base_model(report, config)
     repo_id = repo_id or model_dir.name
     model_name = repo_id.split("/")[-1]
-    metrics, stages, args = results["metrics"], results["mpo_stages"], results.get("arguments", {})
+    metrics, stages, args = report.metrics, report.mpo_stages, report.arguments
     has_sasrec = (model_dir / SASREC_DIR / "config.json").is_file()
 
-    examples = results["examples"]
+    examples = report.examples
     _check_app_examples(model_dir, examples, source)
     recommendations = _recommend_examples(model_dir, examples)
     examples_section = _examples(examples, recommendations, catalog)
@@ -309,7 +285,7 @@ def build_model_card(
             task_name="Sequential recommendation",
             dataset_type=info.slug,
             dataset_name=info.pretty,
-            dataset_split=results["split"],
+            dataset_split=report.split,
             metric_type=_metric_type(name),
             metric_name=name,
             metric_value=float(metrics[name]),
@@ -367,13 +343,13 @@ def build_model_card(
     total_steps = sum(int(s.get("max_steps") or 0) for s in stages)
     batch, accumulation = args.get("batch_size"), args.get("gradient_accumulation_steps", 1)
     budget = (
-        f"{total_steps} optimizer steps over {len(stages)} stages, {results['train_samples_seen']} training samples "
+        f"{total_steps} optimizer steps over {len(stages)} stages, {report.train_samples_seen} training samples "
         f"seen ({batch} per device × {accumulation} accumulation per step), "
-        f"{results['train_seconds'] / 60:.1f} min of training"
+        f"{report.train_seconds / 60:.1f} min of training"
     )
-    if "wall_seconds" in results:
+    if report.wall_seconds is not None:
         budget += (
-            f"; {results['wall_seconds'] / 60:.1f} min end to end, which includes item features, SASRec, "
+            f"; {report.wall_seconds / 60:.1f} min end to end, which includes item features, SASRec, "
             "evaluation and saving"
         )
     settings = [
@@ -409,7 +385,7 @@ def build_model_card(
             "SASRec, which provides the `id` features and the retriever:",
             f"```bibtex\n{SASREC_CITATION}\n```",
         ]
-    date = f" on {results['date']}" if results.get("date") else ""
+    date = f" on {report.date}" if report.date else ""
     split_strategy = str(args.get("split_strategy", "leave_one_out")).replace("_", "-")
     card = ModelCard.from_template(
         card_data,
@@ -432,7 +408,7 @@ def build_model_card(
         package_snippet=package_usage,
         model_snippet=model_only,
         evaluation_intro=(
-            f"These results are on the {results['split']} split of {info.pretty}: {metrics['num_samples']} users, "
+            f"These results are on the {report.split} split of {info.pretty}: {metrics['num_samples']} users, "
             f"with {split_strategy} targets and the protocol {metrics['protocol']}. They were measured{date} with "
             "`speeder_hf.evaluation.evaluate_ranking`."
         ),
@@ -442,7 +418,7 @@ def build_model_card(
             "ValidRatio is the share of valid answers, and HR@1 is LLaRA's correct / valid. HR@K, NDCG@K and MRR "
             "rank the target among the candidates by the model's scores; ties count against the target.\n"
         ),
-        baselines_section=_baselines_section(results, model_name),
+        baselines_section=_baselines_section(report, model_name),
         history_section=_history_section(metrics),
         examples_section=examples_section,
         app_section=_app_section(repo_id, space_id),
@@ -453,10 +429,10 @@ def build_model_card(
         ),
         stages_table="\n".join(rows),
         budget_text=budget,
-        hardware_text=results["machine"],
+        hardware_text=report.machine,
         settings_text=", ".join(settings) if settings else "the package defaults",
-        command=results.get("command", "speeder_hf.finetune.run_finetune"),
-        limitations=_limitations(results, config, info, trained),
+        command=report.command or "speeder_hf.finetune.run_finetune",
+        limitations=_limitations(report, config, info, trained),
         citations_section="\n\n".join(citations),
     )
     leftover = re.search(r"\{\{|\}\}|\[More Information Needed\]", card.content)
@@ -468,7 +444,5 @@ def build_model_card(
 __all__ = [
     "DEFAULT_TEMPLATE",
     "HUB_PIPELINE_TAG",
-    "RESULTS_FILE",
     "build_model_card",
-    "card_examples",
 ]

@@ -13,8 +13,9 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCard
 
 from .catalog import ItemCatalog
+from .evaluation_report import RESULTS_FILE
 from .export import SASREC_DIR, save_pretrained_bundle
-from .model_card import RESULTS_FILE, build_model_card
+from .model_card import build_model_card
 
 
 def _upload(folder: Path, repo_id: str, private: bool | None, token: str | None, commit_message: str) -> str:
