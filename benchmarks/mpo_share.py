@@ -5,8 +5,9 @@ At the accuracy benchmark's budget, MPO splits the samples equally over its stag
 modality (id) trains on the last quarter only, and `speeder_no_mpo` beat the full model on test. Choosing the split
 on test would tune on it; this script compares the splits on the validation split instead (each user's
 second-to-last item, the same candidates protocol), one `benchmarks.accuracy` run per variant under identical
-settings, and writes `<out>/mpo_share.json` and `mpo_share.png`. Arguments it does not know go to
-`benchmarks.accuracy` unchanged.
+settings, and writes `<out>/mpo_share.json` and `mpo_share.png`. Each variant keeps its users' top-1 hits, and
+each later variant its exact McNemar test against the first on the same users (`paired_vs_first_variant`).
+Arguments it does not know go to `benchmarks.accuracy` unchanged.
 
     python -m benchmarks.mpo_share --shares equal,0.8 -- --catalog_dir outputs/bench_catalogs --datasets movielens \\
         --llm_layers 6 --train_samples 2400 --batch_size 8 --learning_rate 1e-3 --align_learning_rate 1e-3
@@ -15,13 +16,15 @@ settings, and writes `<out>/mpo_share.json` and `mpo_share.png`. Arguments it do
 
 from __future__ import annotations
 
-import math
+import json
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from speeder_hf.metrics import mcnemar_test
 
 from . import accuracy
 from .arguments import parse_arguments, split_commas
@@ -74,9 +77,16 @@ def variants(shares: list[str]) -> dict[str, list[str]]:
     return runs
 
 
-def standard_error(rate: float, n: int) -> float:
-    """Binomial standard error of a hit rate over `n` users."""
-    return math.sqrt(rate * (1 - rate) / n) if n else float("nan")
+def paired_tests(variants: dict[str, dict[str, Any]]) -> None:
+    """Adds to each variant after the first its exact McNemar test on top-1 hits against the first one, when both
+    were evaluated on the same users (`paired_vs_first_variant`: this variant - the first)."""
+    (_, first), *others = variants.items()
+    for _, variant in others:
+        variant.pop("paired_vs_first_variant", None)
+        if variant["rows"] != first["rows"]:
+            continue  # other users: no pairing
+        test = mcnemar_test([c == "1" for c in variant["hits"]], [c == "1" for c in first["hits"]])
+        variant["paired_vs_first_variant"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in test.items()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -101,14 +111,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 + ["--out", str(folder), "--work_dir", str(folder / "train")]
             )
             result["backbone"] = run["backbone"]
+            hits = json.loads((folder / accuracy.HITS_FILE).read_text())
             for dataset in accuracy.dataset_names(run):
                 entry = run[dataset]
                 target = result["datasets"].setdefault(
                     dataset, {"budget": entry["budget"], "data": entry["data"], "variants": {}}
                 )
-                for metrics in entry["methods"].values():
+                for method, metrics in entry["methods"].items():
                     kept = {key: metrics[key] for key in KEPT}
-                    target["variants"][name] = {**kept, "accuracy_command": run["command"]}
+                    # each user's top-1 hit and which users they are: what the paired test reads
+                    saved = hits[dataset][method]
+                    target["variants"][name] = {**kept, "accuracy_command": run["command"], **saved}
+        for entry in result["datasets"].values():
+            paired_tests(entry["variants"])
         result["wall_seconds"] = round(time.perf_counter() - start, 1)
         write_json(args.out / "mpo_share.json", result)
         plot(result, args.out / "mpo_share.png")
@@ -118,7 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """VHR@1 per variant with +-1 standard error, one panel per dataset."""
+    """VHR@1 per variant, one panel per dataset; above each later variant, its paired test's p-value against the
+    first (a per-bar error bar would ignore that every variant ranks the same users)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,8 +145,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for ax, (dataset, entry) in zip(axes[0], datasets.items()):
         names = list(entry["variants"])
         rates = [entry["variants"][n]["VHR@1"] for n in names]
-        errors = [standard_error(r, entry["variants"][n]["num_samples"]) for r, n in zip(rates, names)]
-        ax.bar(range(len(names)), rates, yerr=errors, capsize=4, color="tab:blue")
+        ax.bar(range(len(names)), rates, color="tab:blue")
+        for x, (name, rate) in enumerate(zip(names, rates)):
+            paired = entry["variants"][name].get("paired_vs_first_variant")
+            if paired:
+                ax.annotate(f"p = {paired['p_value']:.2g}", (x, rate), ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.set_title(f"{dataset}: {entry['data']['test_users']} validation users")
         ax.set_ylabel("VHR@1")

@@ -11,7 +11,6 @@ marked as met or missed. Its first table, the headline, is also the README's res
 from __future__ import annotations
 
 import json
-import math
 import os
 import textwrap
 from collections.abc import Sequence
@@ -188,7 +187,7 @@ def accuracy_section(result: dict[str, Any], image: str) -> list[str]:
             )
         for name, reason in entry.get("skipped", {}).items():
             lines.append(f"| {name} | skipped: {reason} |" + " |" * len(METRICS))
-        lines += ["", *accuracy_targets(methods, data["test_users"]), *curve_lines(methods), *answer_examples(methods)]
+        lines += ["", *accuracy_targets(methods), *curve_lines(methods), *answer_examples(methods)]
         lines.append("")
     lines.append(
         "Title-answer methods (llara, text, mllm) generate one answer (LLaRA's parser), so they have no ranking "
@@ -197,8 +196,8 @@ def accuracy_section(result: dict[str, Any], image: str) -> list[str]:
     return lines
 
 
-def accuracy_targets(methods: dict[str, dict], num_users: int) -> list[str]:
-    """Target checks, each ablation's gap to the full model measured against the noise of `num_users` users."""
+def accuracy_targets(methods: dict[str, dict]) -> list[str]:
+    """Target checks, each ablation's gap to the full model with its paired test on the same users."""
     if "speeder" not in methods:
         return ["- targets: speeder was not run."]
     full = methods["speeder"]["VHR@1"]
@@ -217,7 +216,7 @@ def accuracy_targets(methods: dict[str, dict], num_users: int) -> list[str]:
     for ablation, part in ABLATIONS.items():
         if ablation in methods:
             value, paired = methods[ablation]["VHR@1"], methods[ablation].get("paired_vs_speeder")
-            verdict = paired_verdict(paired, part) if paired else ablation_verdict(full, value, num_users)
+            verdict = paired_verdict(paired, part) if paired else untested_verdict(full - value)
             lines.append(f"- {ablation}: VHR@1 {value:.4f}, {verdict}")
     return lines
 
@@ -302,29 +301,16 @@ def answer_examples(methods: dict[str, dict], shown: int = 3, width: int = 60) -
     return lines
 
 
-def ablation_verdict(full: float, ablated: float, num_users: int) -> str:
-    """Whether removing a part lowered VHR@1 by more than twice the standard error of the difference.
-
-    Each VHR@1 is a proportion over the same `num_users` test users; the unpaired standard error
-    sqrt(p1(1-p1)/n + p2(1-p2)/n) overstates the noise of a paired comparison, so "within noise" is conservative.
-    """
-    margin = two_standard_errors(full, ablated, num_users)
-    gap = full - ablated
-    if gap > margin:
-        return f"below the full model by {gap:.4f} (more than 2 standard errors, {margin:.4f})"
-    if gap > 0:
-        return f"below the full model by {gap:.4f}, within noise (2 standard errors: {margin:.4f})"
-    return f"**not below the full model** (does not help here; 2 standard errors: {margin:.4f})"
-
-
-def two_standard_errors(rate: float, other: float, num_users: int) -> float:
-    """Twice the unpaired standard error of the difference of two hit rates over the same `num_users` users."""
-    return 2 * math.sqrt((rate * (1 - rate) + other * (1 - other)) / num_users)
+def untested_verdict(gap: float) -> str:
+    """A variant's gap to the full model where no per-user hits were saved to test it on."""
+    where = f"below the full model by {gap:.4f}" if gap > 0 else f"**not below the full model** (by {-gap:.4f})"
+    return f"{where}; no per-user hits were saved with this row, so it has no paired test"
 
 
 def mpo_share_section(result: dict[str, Any], image: str) -> list[str]:
     """MPO's sample split compared on validation users (`benchmarks.mpo_share`), each variant against the
-    first one (MPO's equal split)."""
+    first one (MPO's equal split), with the exact McNemar test on the same users where the run saved per-user hits
+    (`paired_vs_first_variant`)."""
     lines = ["## MPO's sample split, on validation users", "", f"- question: {result['question']}"]
     lines += [*_provenance(result), f"- wall time: {result['wall_seconds'] / 60:.1f} min", "", f"![mpo_share]({image})"]
     for dataset, entry in result["datasets"].items():
@@ -344,10 +330,14 @@ def mpo_share_section(result: dict[str, Any], image: str) -> list[str]:
         (reference, base), *others = variants.items()
         lines.append("")
         for name, v in others:
-            gap = v["VHR@1"] - base["VHR@1"]
-            margin = two_standard_errors(v["VHR@1"], base["VHR@1"], data["test_users"])
-            verdict = "beyond" if abs(gap) > margin else "within"
-            lines.append(f"- {name} - {reference}: VHR@1 {gap:+.4f}, {verdict} noise (2 standard errors: {margin:.4f})")
+            gap, paired = v["VHR@1"] - base["VHR@1"], v.get("paired_vs_first_variant")
+            if paired:
+                verdict = "significant" if paired["p_value"] < 0.05 else "within the noise"
+                test = f"{verdict}: exact McNemar test on the same {paired['n']} users, {_p(paired['p_value'])}"
+            else:
+                # Runs from before mpo_share saved each user's hit have no pairing to test.
+                test = "untested: these results hold no per-user hits, so no paired test"
+            lines.append(f"- {name} - {reference}: VHR@1 {gap:+.4f} ({test})")
     return lines + [""]
 
 
