@@ -25,7 +25,7 @@ from peft import PeftModel
 from peft.utils import load_peft_weights, set_peft_model_state_dict
 from transformers import TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import load_sharded_checkpoint
+from transformers.trainer_utils import get_last_checkpoint, load_sharded_checkpoint, sort_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .lora import apply_lora
@@ -426,16 +426,20 @@ def has_progress(output_dir: str | Path) -> bool:
 
 
 def _last_complete_checkpoint(stage_dir: Path) -> Path | None:
-    """The latest checkpoint in `stage_dir` whose save finished. The Trainer writes `trainer_state.json` after the
-    weights and optimizer and before it deletes older checkpoints, so a save cut short by a kill lacks it and the
-    previous checkpoint is still there."""
+    """The latest checkpoint in `stage_dir` whose save finished: the Trainer's own `get_last_checkpoint`, checked
+    for completeness. The Trainer writes `trainer_state.json` after the weights and optimizer and before it deletes
+    older checkpoints, so a save cut short by a kill lacks it and the previous checkpoint is still there: the
+    earlier ones are tried next, newest first."""
     if not stage_dir.is_dir():
         return None
-    found = {int(m.group(1)): p for p in stage_dir.iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
-    for step in sorted(found, reverse=True):
-        if (found[step] / TRAINER_STATE_NAME).is_file():
-            return found[step]
-        logger.warning("MPO: %s is incomplete (its save was interrupted); trying an earlier checkpoint.", found[step])
+    latest = get_last_checkpoint(str(stage_dir))
+    if latest is None:
+        return None
+    earlier = [Path(p) for p in reversed(sort_checkpoints(str(stage_dir))) if Path(p) != Path(latest)]
+    for checkpoint in [Path(latest), *earlier]:
+        if (checkpoint / TRAINER_STATE_NAME).is_file():
+            return checkpoint
+        logger.warning("MPO: %s is incomplete (its save was interrupted); trying an earlier checkpoint.", checkpoint)
     return None
 
 
