@@ -275,6 +275,33 @@ def app_command(args: argparse.Namespace) -> None:
 
 
 # ----- parser --------------------------------------------------------------------------------------------------
+# name, flags, handler, one-line help, description
+SUBCOMMANDS = (
+    ("train", FinetuneArguments, train_command,
+     "Train, evaluate and save a model (the job of examples/finetune.py).",
+     "Dataset -> catalog -> SASRec -> Speeder from an LLM -> MPO -> test metrics -> saved model. "
+     "Use -1 for max_train_samples / max_eval_samples to mean all."),
+    ("build-catalog", CatalogArguments, build_catalog_command,
+     "Encode a dataset's items (text, image) and train SASRec (id); save the ItemCatalog.",
+     "Builds the item catalog the way `train` does (cached features), and saves it with its SASRec."),
+    ("evaluate", EvaluateArguments, evaluate_command,
+     "Evaluate a saved model on a dataset split (VHR@1, HR@K, NDCG@K, MRR).",
+     "Rebuilds the split of `train` (same seed, candidates and history length) and evaluates."),
+    ("recommend", RecommendArguments, recommend_command,
+     "Recommend the next items for one history (ids or titles).",
+     "Retrieves candidates (unless given) and reranks them with the model."),
+    ("card", CardArguments, card_command,
+     "Generate the model card (README.md) of a saved model from its evaluation results.",
+     "Fills the card template: Hub metadata, model-index, example recommendations, usage, training."),
+    ("push", PushArguments, push_command,
+     "Publish a saved model to the Hub (card written last, one upload_folder commit).",
+     "Builds the card (unless --card is given), writes README.md, creates the repo, uploads."),
+    ("app", AppArguments, app_command,
+     "Serve the web demo of a saved model (Gradio; needs the [app] extra).",
+     "Pick a history by title, see the reranked recommendations beside the retriever's order."),
+)  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speeder-hf", description="Speeder multimodal-LLM sequential recommendation (speeder_hf)."
@@ -284,62 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=HfArgumentParser)
 
-    train = commands.add_parser(
-        "train",
-        dataclass_types=FinetuneArguments,
-        help="Train, evaluate and save a model (the job of examples/finetune.py).",
-        description="Dataset -> catalog -> SASRec -> Speeder from an LLM -> MPO -> test metrics -> saved model. "
-        "Use -1 for max_train_samples / max_eval_samples to mean all.",
-    )
-    train.set_defaults(handler=train_command)
-
-    catalog = commands.add_parser(
-        "build-catalog",
-        dataclass_types=CatalogArguments,
-        help="Encode a dataset's items (text, image) and train SASRec (id); save the ItemCatalog.",
-        description="Builds the item catalog the way `train` does (cached features), and saves it with its SASRec.",
-    )
-    catalog.set_defaults(handler=build_catalog_command)
-
-    evaluate = commands.add_parser(
-        "evaluate",
-        dataclass_types=EvaluateArguments,
-        help="Evaluate a saved model on a dataset split (VHR@1, HR@K, NDCG@K, MRR).",
-        description="Rebuilds the split of `train` (same seed, candidates and history length) and evaluates.",
-    )
-    evaluate.set_defaults(handler=evaluate_command)
-
-    recommend = commands.add_parser(
-        "recommend",
-        dataclass_types=RecommendArguments,
-        help="Recommend the next items for one history (ids or titles).",
-        description="Retrieves candidates (unless given) and reranks them with the model.",
-    )
-    recommend.set_defaults(handler=recommend_command)
-
-    card = commands.add_parser(
-        "card",
-        dataclass_types=CardArguments,
-        help="Generate the model card (README.md) of a saved model from its evaluation results.",
-        description="Fills the card template: Hub metadata, model-index, widget examples, usage, training.",
-    )
-    card.set_defaults(handler=card_command)
-
-    push = commands.add_parser(
-        "push",
-        dataclass_types=PushArguments,
-        help="Publish a saved model to the Hub (card written last, one upload_folder commit).",
-        description="Builds the card (unless --card is given), writes README.md, creates the repo, uploads.",
-    )
-    push.set_defaults(handler=push_command)
-
-    app = commands.add_parser(
-        "app",
-        dataclass_types=AppArguments,
-        help="Serve the web demo of a saved model (Gradio; needs the [app] extra).",
-        description="Pick a history by title, see the reranked recommendations beside the retriever's order.",
-    )
-    app.set_defaults(handler=app_command)
+    for name, arguments, handler, summary, description in SUBCOMMANDS:
+        command = commands.add_parser(name, dataclass_types=arguments, help=summary, description=description)
+        command.set_defaults(handler=handler)
     return parser
 
 
