@@ -11,6 +11,7 @@ marked as met or missed. Its first table, the headline, is also the README's res
 from __future__ import annotations
 
 import json
+import math
 import os
 import textwrap
 from collections.abc import Sequence
@@ -412,6 +413,15 @@ def full_backbone_section(results_dir: Path) -> list[str]:
                     f"| {_fmt(row.get('train_seconds'), 0)} | {_fmt(rate, 2)} | {paired} |"
                 )
         lines.append("")
+        llara = first[dataset]["methods"].get("llara", {})
+        timed = runs.get("full_backbone_equal_time", {}).get(dataset, {}).get("methods", {}).get("speeder", {})
+        if llara.get("train_seconds") and timed.get("train_seconds", math.inf) < llara["train_seconds"]:
+            lines += [
+                f"At equal training time Speeder ran out of data before time: its {timed['train_samples_seen']} "
+                f"training samples (one per user) took {timed['train_seconds']:.0f} s, llara's "
+                f"{llara['train_samples_seen']} took {llara['train_seconds']:.0f} s.",
+                "",
+            ]
     lines += textwrap.wrap(
         "A `_constrained` row is the same trained model as the row above it, its answers restricted by a prefix trie "
         "to the candidates' titles (so every answer is valid) and the candidates ranked by title log-likelihood. "
