@@ -49,6 +49,7 @@ from speeder_hf.evaluation import RankingOutcomes, collect_outcomes
 from speeder_hf.finetune import PRIOR_FIT_ROWS, job_field
 from speeder_hf.fusion_weights import fit_fusion_weights
 from speeder_hf.item_features import ItemFeatureTable
+from speeder_hf.json_files import write_json
 from speeder_hf.lora import merge_lora
 from speeder_hf.metrics import bucket_indices, mcnemar_test, rank_metrics, target_ranks
 from speeder_hf.mpo import has_progress
@@ -73,7 +74,6 @@ from .common import (
     synthetic_data,
     today,
     train_method,
-    write_json,
     write_tiny_backbone,
 )
 

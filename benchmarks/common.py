@@ -567,14 +567,6 @@ def command_line(module: str, argv: Sequence[str] | None) -> str:
     return " ".join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Writes JSON atomically (a killed run never leaves a half-written result file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    temporary.replace(path)
-
-
 def add_run(runs: list[dict[str, Any]], module: str, argv: Sequence[str] | None, machine: dict[str, Any], key: str):
     """Appends this invocation to a result file's `runs` (a `--resume` run adds rows to earlier ones) and returns
     its entry; the caller lists what this run measured under `key` and sets its `wall_seconds`."""

@@ -46,6 +46,7 @@ import torch
 from speeder_hf.collator import SpeederDataCollator
 from speeder_hf.data import CandidateSampler, sample_rng
 from speeder_hf.finetune import job_field
+from speeder_hf.json_files import write_json
 from speeder_hf.lora import apply_lora, merge_lora
 from speeder_hf.mpo import set_trainable
 
@@ -66,7 +67,6 @@ from .common import (
     setup_logging,
     synthetic_data,
     today,
-    write_json,
     write_tiny_backbone,
 )
 

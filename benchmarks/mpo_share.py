@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from speeder_hf.json_files import write_json
 from speeder_hf.metrics import mcnemar_test
 
 from . import accuracy
 from .arguments import parse_arguments, split_commas
-from .common import RESULTS_DIR, command_line, machine_description, setup_logging, today, write_json
+from .common import RESULTS_DIR, command_line, machine_description, setup_logging, today
 
 REFERENCE = "speeder_no_mpo"
 KEPT = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR", "num_samples", "train_samples_per_stage")

@@ -22,12 +22,13 @@ from tqdm.auto import tqdm
 from speeder_hf.data import load_dataset_by_name, make_split
 from speeder_hf.export import load_pretrained_bundle
 from speeder_hf.finetune import job_field
+from speeder_hf.json_files import write_json
 from speeder_hf.metrics import rank_metrics
 from speeder_hf.recommend import Recommender, Request, SASRecRetriever
 from speeder_hf.sasrec import sasrec_ranks
 
 from .arguments import parse_arguments
-from .common import RESULTS_DIR, command_line, machine_description, setup_logging, today, write_json
+from .common import RESULTS_DIR, command_line, machine_description, setup_logging, today
 
 
 @dataclass
