@@ -76,6 +76,7 @@ from .common import (
     train_method,
     write_tiny_backbone,
 )
+from .report import METHOD_ORDER
 
 logger = logging.getLogger("benchmarks.accuracy")
 
@@ -910,7 +911,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = dataset_names(results)
-    methods = [m for m in ALL_METHODS if any(m in results[n]["methods"] for n in names)]
+    measured = {m for n in names for m in results[n]["methods"]}
+    methods = [m for m in METHOD_ORDER if m in measured] + sorted(measured - set(METHOD_ORDER))  # the table's order
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(methods)), 3.8))
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
