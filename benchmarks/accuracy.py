@@ -57,26 +57,12 @@ from speeder_hf.prior_calibration import PriorFusion, calibrate_priors, candidat
 from speeder_hf.sasrec import sasrec_ranks
 
 from .arguments import parse_arguments, split_commas
-from .common import (
-    DEFAULT_CATALOG_DIR,
-    METHODS,
-    RESULTS_DIR,
-    SASREC,
-    BenchData,
-    add_run,
-    build_model,
-    collator_class,
-    describe_backbone,
-    load_bench_data,
-    machine_description,
-    micro_batch_for,
-    setup_logging,
-    synthetic_data,
-    today,
-    train_method,
-    write_tiny_backbone,
-)
+from .bench_data import DEFAULT_CATALOG_DIR, BenchData, load_bench_data
+from .bookkeeping import RESULTS_DIR, add_run, describe_backbone, machine_description, setup_logging, today
+from .methods import METHODS, SASREC, build_model, collator_class
+from .quick import synthetic_data, write_tiny_backbone
 from .report import METHOD_ORDER
+from .training import micro_batch_for, train_method
 
 logger = logging.getLogger("benchmarks.accuracy")
 

@@ -2,7 +2,7 @@
 same backbone, LoRA setup, batch size, samples and machine, at history lengths 10, 20 and 50 with 20 candidates. The
 targets it is measured against are in docs/design.md ("Targets").
 
-Styles (each with its own model and answer protocol, see `benchmarks.common`):
+Styles (each with its own model and answer protocol, see `benchmarks.methods`):
 `speeder` (one soft token per item + position token; the answer label is scored in one forward pass),
 `llara` (title + ID token per item), `text` (full item text), `mllm` (title + 49 image-map tokens + ID token per
 item; datasets with images only). The three title styles answer by greedy generation with LLaRA's settings
@@ -51,24 +51,10 @@ from speeder_hf.lora import apply_lora, merge_lora
 from speeder_hf.mpo import set_trainable
 
 from .arguments import parse_arguments, split_commas
-from .common import (
-    DEFAULT_CATALOG_DIR,
-    METHODS,
-    REPO,
-    RESULTS_DIR,
-    STYLE_METHODS,
-    BenchData,
-    add_run,
-    build_model,
-    describe_backbone,
-    load_bench_data,
-    machine_description,
-    make_collator,
-    setup_logging,
-    synthetic_data,
-    today,
-    write_tiny_backbone,
-)
+from .bench_data import DEFAULT_CATALOG_DIR, BenchData, load_bench_data
+from .bookkeeping import REPO, RESULTS_DIR, add_run, describe_backbone, machine_description, setup_logging, today
+from .methods import METHODS, STYLE_METHODS, build_model, make_collator
+from .quick import synthetic_data, write_tiny_backbone
 
 logger = logging.getLogger("benchmarks.efficiency")
 

@@ -25,7 +25,7 @@ from speeder_hf.encoders import ImageEncoder, TextEncoder, encode_image_modality
 from speeder_hf.finetune import job_field
 
 from .arguments import parse_arguments
-from .common import command_line
+from .bookkeeping import command_line
 
 
 def build(rec, modalities: list[str], cache_dir: Path, encoders: dict) -> tuple[ItemCatalog, dict[str, float]]:

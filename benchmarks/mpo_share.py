@@ -29,7 +29,7 @@ from speeder_hf.metrics import mcnemar_test
 
 from . import accuracy
 from .arguments import parse_arguments, split_commas
-from .common import RESULTS_DIR, command_line, machine_description, setup_logging, today
+from .bookkeeping import RESULTS_DIR, command_line, machine_description, setup_logging, today
 
 REFERENCE = "speeder_no_mpo"
 KEPT = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "NDCG@5", "NDCG@10", "MRR", "num_samples", "train_samples_per_stage")

@@ -37,7 +37,8 @@ from speeder_hf.finetune import job_field
 from speeder_hf.sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
 
 from .arguments import parse_arguments, split_commas
-from .common import REPO, BenchData, save_bench_data, setup_logging
+from .bench_data import BenchData, save_bench_data
+from .bookkeeping import REPO, setup_logging
 
 logger = logging.getLogger("benchmarks.prepare")
 

@@ -34,7 +34,7 @@ from speeder_hf.data import load_s3rec, make_split, training_sequences
 from speeder_hf.sasrec import evaluate_sasrec, sasrec_item_features, train_sasrec
 
 from .arguments import parse_arguments
-from .common import command_line
+from .bookkeeping import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = {"full_HR@10": 0.0605, "full_NDCG@10": 0.0318, "source": "S3Rec paper (CIKM 2020), SASRec row, Beauty"}

@@ -28,7 +28,7 @@ from speeder_hf.recommend import Recommender, Request, SASRecRetriever
 from speeder_hf.sasrec import sasrec_ranks
 
 from .arguments import parse_arguments
-from .common import RESULTS_DIR, command_line, machine_description, setup_logging, today
+from .bookkeeping import RESULTS_DIR, command_line, machine_description, setup_logging, today
 
 
 @dataclass

@@ -20,7 +20,8 @@ from conftest import require_package, require_shared_data, tiny_llm, tiny_tokeni
 from PIL import Image
 from test_evaluation import writing_titles
 
-from benchmarks import accuracy, common, efficiency, mpo_share, report
+from benchmarks import accuracy, bench_data, bookkeeping, efficiency, mpo_share, quick, report, training
+from benchmarks.methods import METHODS
 from speeder_hf import SpeederConfig
 from speeder_hf.backbones import load_llm
 from speeder_hf.baselines import (
@@ -251,42 +252,46 @@ def test_stage_slices_give_each_stage_its_own_samples():
             base.epoch = epoch
 
     def slices_seen(lengths):
-        slices, seen = common.StageSlices(Base(), lengths), {}
+        slices, seen = training.StageSlices(Base(), lengths), {}
         for index in reversed(range(len(lengths))):  # by index: a resumed run may start in a later stage
             slices.set_stage(index)
             seen[index] = [slices[i] for i in range(len(slices))]
         return slices, seen
 
-    slices, seen = slices_seen(common.stage_lengths(10, 3))
+    slices, seen = slices_seen(training.stage_lengths(10, 3))
     assert seen == {0: [0, 1, 2], 1: [3, 4, 5], 2: [6, 7, 8]}
     slices.set_epoch(2)
     assert base.epoch == 2
     # most of the budget to the last stage (every modality on): the others share what is left equally
-    assert slices_seen(common.stage_lengths(10, 3, final_share=0.6))[1] == {0: [0, 1], 1: [2, 3], 2: [4, 5, 6, 7, 8, 9]}
-    assert common.stage_lengths(2400, 4, final_share=0.75) == [200, 200, 200, 1800]
-    assert common.stage_lengths(2400, 1, final_share=0.75) == [2400]  # one stage takes everything
+    assert slices_seen(training.stage_lengths(10, 3, final_share=0.6))[1] == {
+        0: [0, 1],
+        1: [2, 3],
+        2: [4, 5, 6, 7, 8, 9],
+    }
+    assert training.stage_lengths(2400, 4, final_share=0.75) == [200, 200, 200, 1800]
+    assert training.stage_lengths(2400, 1, final_share=0.75) == [2400]  # one stage takes everything
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
-        common.stage_lengths(10, 3, final_share=1.0)
+        training.stage_lengths(10, 3, final_share=1.0)
     with pytest.raises(ValueError, match="strictly between 0 and 1, not 1.5"):  # a one-stage method too
-        common.stage_lengths(2400, 1, final_share=1.5)
+        training.stage_lengths(2400, 1, final_share=1.5)
     with pytest.raises(ValueError, match="cannot be split over 3 stages"):
-        common.stage_lengths(10, 3, final_share=0.9)
+        training.stage_lengths(10, 3, final_share=0.9)
     with pytest.raises(ValueError, match="need more than the 10 given"):
-        common.StageSlices(Base(), [6, 6])
+        training.StageSlices(Base(), [6, 6])
 
 
 def test_method_stages():
-    stages = common.make_stages(common.METHODS["speeder"], ["text", "image", "id"], 5e-4, 2e-3)
+    stages = training.make_stages(METHODS["speeder"], ["text", "image", "id"], 5e-4, 2e-3)
     assert [s.name for s in stages] == ["align", "text", "text+image", "all"]
-    no_spae = common.make_stages(common.METHODS["speeder_no_spae"], ["text", "id"], 5e-4, 2e-3)
+    no_spae = training.make_stages(METHODS["speeder_no_spae"], ["text", "id"], 5e-4, 2e-3)
     assert all("spae" not in s.train for s in no_spae) and [s.name for s in no_spae] == ["align", "text", "all"]
-    (single,) = common.make_stages(common.METHODS["speeder_no_mpo"], ["text", "id"], 5e-4, 2e-3)
+    (single,) = training.make_stages(METHODS["speeder_no_mpo"], ["text", "id"], 5e-4, 2e-3)
     assert single.lora and single.modalities == ["text", "id"] and single.num_train_epochs == 1.0
     assert all("head" in s.train for s in stages + no_spae + [single])  # the candidate pointer trains throughout
 
 
 def test_layer_cut_is_named_in_the_backbone_description(tmp_path, caplog):
-    assert common.describe_backbone("smollm2", 6).endswith("de-quantised, first 6 layers)")
+    assert bookkeeping.describe_backbone("smollm2", 6).endswith("de-quantised, first 6 layers)")
     llm = tiny_llm()
     llm.save_pretrained(tmp_path)
     tiny_tokenizer().save_pretrained(tmp_path)
@@ -363,7 +368,7 @@ def test_efficiency_quick_writes_every_field(quick_results):
 
 def all_rows() -> set[str]:
     """The rows of a run of every method: each title-answer method also gives its constrained twin."""
-    titled = [m for m in accuracy.ALL_METHODS if m in common.METHODS and common.METHODS[m].answer_mode == "title"]
+    titled = [m for m in accuracy.ALL_METHODS if m in METHODS and METHODS[m].answer_mode == "title"]
     return set(accuracy.ALL_METHODS) | {m + accuracy.CONSTRAINED for m in titled}
 
 
@@ -373,7 +378,7 @@ def test_accuracy_quick_writes_every_field(quick_results):
     assert {"command", "machine"} <= set(result) and (out / "accuracy.png").stat().st_size > 0
     entry = result["synthetic"]
     assert entry["budget"]["train_samples"] == 24 and entry["budget"]["epochs"] == 1
-    titled = [m for m in accuracy.ALL_METHODS if m in common.METHODS and common.METHODS[m].answer_mode == "title"]
+    titled = [m for m in accuracy.ALL_METHODS if m in METHODS and METHODS[m].answer_mode == "title"]
     constrained = {m + accuracy.CONSTRAINED for m in titled}
     assert set(entry["methods"]) == all_rows() and not entry["skipped"]
     for name in titled:  # the free answers' validity on validation users, and the constrained twin: all valid
@@ -385,7 +390,7 @@ def test_accuracy_quick_writes_every_field(quick_results):
             assert key in metrics, (name, key)
         assert math.isclose(metrics["VHR@1"], metrics["HR@1"] * metrics["ValidRatio"], abs_tol=1e-9)
         untrained = name in (accuracy.SASREC, accuracy.PRIOR, accuracy.PRIORS)
-        ranked = untrained or name in constrained or common.METHODS[name].answer_mode == "index"
+        ranked = untrained or name in constrained or METHODS[name].answer_mode == "index"
         assert (metrics["NDCG@10"] is not None) == ranked
         assert sum(b["num_samples"] for b in metrics["by_history_len"].values()) == entry["data"]["test_users"]
         if not untrained:
@@ -457,7 +462,7 @@ def test_accuracy_evaluates_the_validation_users_when_asked(tmp_path):
     result = accuracy.main(["--quick", "--out", str(tmp_path), "--methods", "sasrec", "--eval_split", "validation"])
     assert result["synthetic"]["data"]["eval_split"] == "validation"
     assert "12 validation users" in (tmp_path / "accuracy.md").read_text()
-    rec = common.synthetic_data().rec
+    rec = quick.synthetic_data().rec
     rows = accuracy.test_rows(make_split(rec, num_candidates=20, seed=0, max_history_len=20), 12, 0, "validation")
     items = dict(zip(rec.sequences["user_id"], rec.sequences["items"]))
     # each evaluated target is its user's second-to-last item, never the held-out test item
@@ -625,15 +630,15 @@ def test_accuracy_table_lists_methods_in_a_fixed_order_whatever_order_runs_added
 
 
 def test_prepared_data_round_trip(tmp_path):
-    data = common.synthetic_data()
-    size = common.save_bench_data(tmp_path / "synthetic", data)
-    loaded = common.load_bench_data(tmp_path / "synthetic")
+    data = quick.synthetic_data()
+    size = bench_data.save_bench_data(tmp_path / "synthetic", data)
+    loaded = bench_data.load_bench_data(tmp_path / "synthetic")
     assert size > 0 and loaded.catalog.modalities == data.catalog.modalities
     for modality in data.catalog.modalities:  # stored as float16
         assert np.allclose(loaded.catalog.features[modality], data.catalog.features[modality], atol=2e-2)
     assert loaded.spatial.shape == data.spatial.shape and loaded.sasrec.num_items == data.rec.num_items
     with pytest.raises(FileNotFoundError, match="benchmarks.prepare_catalogs"):
-        common.load_bench_data(tmp_path / "absent")
+        bench_data.load_bench_data(tmp_path / "absent")
 
 
 def test_sasrec_benchmark_report_has_the_issue_keys_and_renders(tmp_path):
