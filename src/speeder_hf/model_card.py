@@ -23,7 +23,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .backbones import SMOLLM2, SMOLLM2_HUB_ID
+from .backbones import SMOLLM2_HUB_ID, is_smollm2
 from .catalog import ItemCatalog
 from .citations import SASREC_CITATION, SPEEDER_CITATION, DatasetInfo, dataset_info
 from .evaluation_report import RESULTS_FILE, EvaluationReport, read_examples
@@ -50,7 +50,7 @@ def _base_model(report: EvaluationReport, config: dict[str, Any]) -> str:
     if report.base_model:
         return report.base_model
     llm = str(report.arguments.get("llm", ""))
-    if llm.lower() in {"smollm2", SMOLLM2}:
+    if is_smollm2(llm):
         return SMOLLM2_HUB_ID
     hub_id = re.compile(r"[\w.-]+/[\w.-]+")
     for candidate in (llm, config.get("text_config", {}).get("_name_or_path", "")):
