@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -13,19 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from speeder_hf.backbones import is_smollm2
+from speeder_hf.machine import describe_machine
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
 def machine_description() -> dict[str, Any]:
-    """Hardware and software of this run, for the result files."""
-    import transformers
-
-    cuda = torch.cuda.is_available()
+    """Hardware and software of this run (`speeder_hf.machine.describe_machine`), with the git commit and the load
+    average at start, for the result files."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
@@ -34,13 +30,8 @@ def machine_description() -> dict[str, Any]:
         commit = None
     return {
         "git_commit_at_start": commit,
-        "device": torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()})",
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        **describe_machine(),
         "load_average_1min_at_start": round(os.getloadavg()[0], 2),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
     }
 
 

@@ -345,13 +345,16 @@ def mpo_share_section(result: dict[str, Any], image: str) -> list[str]:
 def sasrec_section(result: dict[str, Any]) -> list[str]:
     """SASRec on full Beauty (`benchmarks.sasrec_beauty`): the collaborative baseline and the `id` features."""
     machine, full, cands = result["machine"], result["full_ranking"], result["candidates_20"]
+    # (older files recorded `platform` and `cpu_threads`; newer ones the benchmarks' machine description)
+    platform = f" ({machine['platform']})" if "platform" in machine else ""
+    threads = machine.get("torch_threads", machine.get("cpu_threads"))
     published = result["published_sasrec"]
     return [
         "## SASRec on Amazon Beauty",
         "",
         f"- command: `{result['command']}`",
-        f"- machine: {machine['device']} ({machine.get('platform', '')}), {machine.get('cpu_cores', '?')} CPU cores, "
-        f"{machine['cpu_threads']} torch threads, torch {machine['torch']}",
+        f"- machine: {machine['device']}{platform}, {machine.get('cpu_cores', '?')} CPU cores, {threads} torch "
+        f"threads, torch {machine['torch']}",
         f"- budget: {result['settings']['loss']} loss, {result['settings']['num_epochs']} epochs at most (best "
         f"{result['best_epoch']}); {result['wall_seconds'] / 60:.1f} min end to end",
         f"- data: {result['dataset']['name']}, {result['protocol']['test_users']} test users, leave-one-out",

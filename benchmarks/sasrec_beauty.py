@@ -18,8 +18,6 @@ full-softmax model (`benchmarks/results/sasrec_beauty_h200_ce.json`).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -27,14 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors.numpy import save_file
 
 from speeder_hf.data import load_s3rec, make_split, training_sequences
 from speeder_hf.sasrec import evaluate_sasrec, sasrec_item_features, train_sasrec
 
 from .arguments import parse_arguments
-from .bookkeeping import command_line
+from .bookkeeping import command_line, machine_description
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = {"full_HR@10": 0.0605, "full_NDCG@10": 0.0318, "source": "S3Rec paper (CIKM 2020), SASRec row, Beauty"}
@@ -113,7 +110,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     test_20 = evaluate_sasrec(result.model, split_20["test"], full_ranking=False)
     validation = evaluate_sasrec(result.model, split_50["validation"], candidates=False)
 
-    device = next(result.model.parameters()).device
     report = {
         "command": command_line(__spec__.name, argv),
         "dataset": {"name": "Amazon Beauty 2014 5-core (S3Rec Beauty.txt)", **rec.statistics()},
@@ -125,13 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "seed": args.seed,
         },
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": {
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "platform": platform.platform(),
-            "cpu_cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "cpu_threads": torch.get_num_threads(),
-        },
+        "machine": machine_description(),
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(time.perf_counter() - job_start, 1),
         "best_epoch": result.best_epoch,

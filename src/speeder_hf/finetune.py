@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from .evaluation import evaluate_ranking
 from .evaluation_report import EvaluationReport, card_examples
 from .export import save_pretrained_bundle
 from .lora import merge_lora
+from .machine import machine_line
 from .modeling_speeder import SpeederForSequentialRec
 from .mpo import default_stages, has_progress, run_mpo
 from .prior_calibration import PriorFusion, calibrate_priors, calibrate_retrieved_fusion
@@ -302,11 +302,6 @@ def calibration_users(split, args: FinetuneArguments, num_evaluated: int):
     return validation.select(range(len(validation) - count, len(validation)))
 
 
-def machine_description() -> str:
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    return f"{platform.machine()} {device}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
 def print_comparison(speeder: dict[str, Any], sasrec: dict[str, Any], split: str) -> None:
     """Prints Speeder's and SASRec's metrics side by side on the same users and candidates (Speeder's VHR@1 is its
     HR@1 in index mode: every answer names a candidate)."""
@@ -476,7 +471,7 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
         mpo_stages=[asdict(s) for s in stages],
         train_seconds=round(train_seconds, 1),
         wall_seconds=round(time.time() - start, 1),
-        machine=machine_description(),
+        machine=machine_line(),
         command=" ".join(sys.argv),
         arguments=asdict(args),
         date=time.strftime("%Y-%m-%d"),
