@@ -13,7 +13,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +24,7 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
+from .backbones import cache_dir
 from .catalog import ItemCatalog
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,9 @@ class ImageLoadError(ValueError):
 
 
 def default_cache_dir() -> Path:
-    """`$SPEEDER_HF_CACHE/features`, defaulting to `~/.cache/speeder_hf/features`."""
-    return Path(os.environ.get("SPEEDER_HF_CACHE", Path.home() / ".cache" / "speeder_hf")) / "features"
+    """`features/` under the package's cache root (`backbones.cache_dir`: `$SPEEDER_HF_CACHE`, else
+    `~/.cache/speeder_hf`)."""
+    return cache_dir() / "features"
 
 
 def _default_device() -> torch.device:

@@ -20,6 +20,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModel, TrainingArguments, set_seed
 
+from . import modeling_sasrec, sasrec
 from .backbones import load_llm
 from .catalog import ItemCatalog
 from .collator import SpeederDataCollator
@@ -221,9 +222,12 @@ def cached_sasrec(
     cache_dir: str | None = None,
 ) -> tuple[SASRec, int]:
     """`train_sasrec(train_sequences, num_items, validation, **settings)`, cached on disk (safetensors + JSON) under
-    a key of the settings and the exact sequences, so a rerun of the same job skips the training. The model comes
-    back on the CPU either way (it trains on CUDA when one is visible), so a cached and a fresh run agree."""
-    payload = json.dumps([settings, num_items, sorted(train_sequences.items())])
+    a key of the settings, the exact sequences and the SASRec code, so a rerun of the same job skips the training.
+    The model comes back on the CPU either way (it trains on CUDA when one is visible), so a cached and a fresh run
+    agree."""
+    # The code that trains the model is part of the key: a changed SASRec never reuses an older one's weights.
+    code = [hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest() for module in (sasrec, modeling_sasrec)]
+    payload = json.dumps([settings, num_items, sorted(train_sequences.items()), code])
     key = hashlib.sha256(payload.encode()).hexdigest()[:32]
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = folder / f"sasrec-{key}"
