@@ -61,7 +61,7 @@ from .bench_data import DEFAULT_CATALOG_DIR, BenchData, load_bench_data
 from .bookkeeping import RESULTS_DIR, add_run, describe_backbone, machine_description, setup_logging, today
 from .methods import METHODS, SASREC, build_model, collator_class
 from .quick import synthetic_data, write_tiny_backbone
-from .report import METHOD_ORDER
+from .report import METHOD_ORDER, accuracy_section
 from .training import micro_batch_for, train_method
 
 logger = logging.getLogger("benchmarks.accuracy")
@@ -861,34 +861,6 @@ def dataset_names(results: dict[str, Any]) -> list[str]:
     return [key for key, value in results.items() if isinstance(value, dict) and "budget" in value]
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """The result tables, one per dataset, with the budget and the protocol."""
-
-    def cell(value: Any) -> str:
-        return "–" if value is None else f"{value:.4f}"
-
-    lines = []
-    for name in dataset_names(results):
-        entry = results[name]
-        budget, data = entry["budget"], entry["data"]
-        lines += [
-            f"#### {name}",
-            "",
-            f"{data['test_users']} {data.get('eval_split', 'test')} users, {data['candidates']}; budget: "
-            f"{budget['train_samples']} training samples x {budget['epochs']} epoch, batch {budget['batch_size']}, "
-            f"LoRA r={budget['lora']['r']}.",
-            "",
-            "| method | " + " | ".join(METRIC_KEYS) + " |",
-            "|---|" + "---:|" * len(METRIC_KEYS),
-        ]
-        for method, metrics in entry["methods"].items():
-            lines.append(f"| {method} | " + " | ".join(cell(metrics.get(k)) for k in METRIC_KEYS) + " |")
-        for method, reason in entry.get("skipped", {}).items():
-            lines.append(f"| {method} | skipped: {reason} |" + " |" * (len(METRIC_KEYS) - 1))
-        lines.append("")
-    return "\n".join(lines)
-
-
 def plot(results: dict[str, Any], path: Path) -> None:
     """Grouped bars: VHR@1 of every method, one group per dataset."""
     import matplotlib
@@ -951,7 +923,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> None:
     hits_file = out / HITS_FILE
     paired_tests(results, json.loads(hits_file.read_text()) if hits_file.is_file() else {})
     write_json(out / "accuracy.json", results)
-    (out / "accuracy.md").write_text(markdown(results))
+    (out / "accuracy.md").write_text("\n".join(accuracy_section(results, "accuracy.png")) + "\n")
     try:
         plot(results, out / "accuracy.png")
         plot_curves(results, out / "accuracy_curve.png")
