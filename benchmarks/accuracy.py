@@ -51,7 +51,7 @@ from speeder_hf.fusion_weights import fit_fusion_weights
 from speeder_hf.item_features import ItemFeatureTable
 from speeder_hf.json_files import write_json
 from speeder_hf.lora import merge_lora
-from speeder_hf.metrics import bucket_indices, mcnemar_test, rank_metrics, target_ranks
+from speeder_hf.metrics import RANKING_METRICS, bucket_indices, mcnemar_test, rank_metrics, target_ranks
 from speeder_hf.mpo import has_progress
 from speeder_hf.prior_calibration import PriorFusion, calibrate_priors, candidate_scores, prior_inputs
 from speeder_hf.sasrec import sasrec_ranks
@@ -87,7 +87,7 @@ ALL_METHODS = [
     "text",
 ]
 NUM_EXAMPLES = 5  # generated answers kept per title-answer method, to see why answers are invalid
-METRIC_KEYS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
+METRIC_KEYS = RANKING_METRICS
 
 
 @dataclass

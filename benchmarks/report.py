@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from speeder_hf.metrics import mcnemar_test
+from speeder_hf.metrics import RANKING_METRICS, mcnemar_test
 
 from .arguments import parse_arguments
 
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 RESULTS_MD = REPO / "docs" / "RESULTS.md"
 STYLE_ORDER = ("speeder", "llara", "text", "mllm")
-METRICS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10")
+METRICS = RANKING_METRICS
 # Each variant of the full model, and the part of it that the variant lacks.
 ABLATIONS = {
     "prior": "adding the LLM and the content prior to SASRec",

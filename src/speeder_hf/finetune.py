@@ -32,6 +32,7 @@ from .evaluation_report import EvaluationReport, card_examples
 from .export import save_pretrained_bundle
 from .lora import merge_lora
 from .machine import machine_line
+from .metrics import RANKING_METRICS
 from .modeling_speeder import SpeederForSequentialRec
 from .mpo import default_stages, has_progress, run_mpo
 from .prior_calibration import PriorFusion, calibrate_priors, calibrate_retrieved_fusion
@@ -312,7 +313,7 @@ def print_comparison(speeder: dict[str, Any], sasrec: dict[str, Any], split: str
     print(f"\n{split} split, {speeder['num_samples']} users, the same candidates for both:")
     print(f"{'metric':<16}{'Speeder':>10}{'SASRec':>10}")
     print(f"{'VHR@1 / HR@1':<16}{speeder['VHR@1']:>10.4f}{sasrec['HR@1']:>10.4f}")
-    for name in ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR"):
+    for name in RANKING_METRICS[3:]:  # after VHR@1 / ValidRatio / HR@1
         print(f"{name:<16}{speeder[name]:>10.4f}{sasrec[name]:>10.4f}")
     better = "Speeder" if speeder["VHR@1"] > sasrec["HR@1"] else "SASRec"
     print(f"Higher VHR@1: {better}")

@@ -22,6 +22,9 @@ ArrayLike = Sequence | np.ndarray | torch.Tensor
 
 HISTORY_BUCKETS = ("1-5", "6-10", "11-20", ">20")
 
+# The ranking metrics every table reports, in their order (the card's model-index, the benchmarks, the job).
+RANKING_METRICS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
+
 
 def _array(values: ArrayLike, dtype=None) -> np.ndarray:
     if isinstance(values, torch.Tensor):
@@ -186,6 +189,7 @@ def bucket_indices(history_lens: ArrayLike) -> dict[str, np.ndarray]:
 
 
 __all__ = [
+    "RANKING_METRICS",
     "HISTORY_BUCKETS",
     "answer_metrics",
     "bucket_indices",

@@ -28,6 +28,7 @@ from .catalog import ItemCatalog
 from .citations import SASREC_CITATION, SPEEDER_CITATION, DatasetInfo, dataset_info
 from .evaluation_report import RESULTS_FILE, EvaluationReport, read_examples
 from .export import SASREC_DIR
+from .metrics import RANKING_METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ PIPELINE_TASK = "sequential-recommendation"
 HUB_PIPELINE_TAG = "other"
 TAGS = ["recommendation", "sequential-recommendation", "multimodal", "speeder", "custom_code"]
 # Metrics put in the model-index, in this order (others from `evaluate_ranking` stay in the card's table only).
-INDEX_METRICS = ("VHR@1", "ValidRatio", "HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "MRR")
 
 
 def _base_model(report: EvaluationReport, config: dict[str, Any]) -> str:
@@ -82,7 +82,7 @@ def _baselines_section(report: EvaluationReport, model_name: str) -> str:
     if not report.baselines:
         return ""
     rows = {model_name: report.metrics, **report.baselines}
-    names = [m for m in INDEX_METRICS if all(m in r for r in rows.values())]
+    names = [m for m in RANKING_METRICS if all(m in r for r in rows.values())]
     lines = [
         "### Baselines (same users, same candidates)\n",
         "| model | " + " | ".join(names) + " |",
@@ -291,7 +291,7 @@ def build_model_card(
             metric_value=float(metrics[name]),
             metric_config=metrics["protocol"],
         )
-        for name in INDEX_METRICS
+        for name in RANKING_METRICS
         if name in metrics
     ]
     card_data = ModelCardData(
