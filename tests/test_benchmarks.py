@@ -366,10 +366,13 @@ def test_efficiency_quick_writes_every_field(quick_results):
     assert grow["speeder"] == pytest.approx(40 * 2, abs=1) and grow["mllm"] > 4 * grow["speeder"]
 
 
+TITLED = [m for m in accuracy.ALL_METHODS if m in METHODS and METHODS[m].answer_mode == "title"]
+CONSTRAINED_ROWS = {m + accuracy.CONSTRAINED for m in TITLED}
+
+
 def all_rows() -> set[str]:
     """The rows of a run of every method: each title-answer method also gives its constrained twin."""
-    titled = [m for m in accuracy.ALL_METHODS if m in METHODS and METHODS[m].answer_mode == "title"]
-    return set(accuracy.ALL_METHODS) | {m + accuracy.CONSTRAINED for m in titled}
+    return set(accuracy.ALL_METHODS) | CONSTRAINED_ROWS
 
 
 def test_accuracy_quick_writes_every_field(quick_results):
@@ -378,10 +381,8 @@ def test_accuracy_quick_writes_every_field(quick_results):
     assert {"command", "machine"} <= set(result) and (out / "accuracy.png").stat().st_size > 0
     entry = result["synthetic"]
     assert entry["budget"]["train_samples"] == 24 and entry["budget"]["epochs"] == 1
-    titled = [m for m in accuracy.ALL_METHODS if m in METHODS and METHODS[m].answer_mode == "title"]
-    constrained = {m + accuracy.CONSTRAINED for m in titled}
     assert set(entry["methods"]) == all_rows() and not entry["skipped"]
-    for name in titled:  # the free answers' validity on validation users, and the constrained twin: all valid
+    for name in TITLED:  # the free answers' validity on validation users, and the constrained twin: all valid
         assert set(entry["methods"][name]["validation"]) == {"users", "ValidRatio", "VHR@1"}
         twin = entry["methods"][name + accuracy.CONSTRAINED]
         assert twin["ValidRatio"] == 1.0 and twin["NDCG@10"] is not None and twin["MRR"] is not None
@@ -390,7 +391,7 @@ def test_accuracy_quick_writes_every_field(quick_results):
             assert key in metrics, (name, key)
         assert math.isclose(metrics["VHR@1"], metrics["HR@1"] * metrics["ValidRatio"], abs_tol=1e-9)
         untrained = name in (accuracy.SASREC, accuracy.PRIOR, accuracy.PRIORS)
-        ranked = untrained or name in constrained or METHODS[name].answer_mode == "index"
+        ranked = untrained or name in CONSTRAINED_ROWS or METHODS[name].answer_mode == "index"
         assert (metrics["NDCG@10"] is not None) == ranked
         assert sum(b["num_samples"] for b in metrics["by_history_len"].values()) == entry["data"]["test_users"]
         if not untrained:
