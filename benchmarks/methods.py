@@ -102,16 +102,10 @@ def build_model(
 ):
     """A fresh model for `spec` around the backbone `llm` (its first `num_layers` layers when given), holding
     `data`'s features; returns `(model, tokenizer)`."""
-    modalities = [m for m in data.catalog.modalities if spec.modalities is None or m in spec.modalities]
-    missing = [m for m in spec.modalities or () if m not in modalities]
-    if missing:
-        raise ValueError(f"Dataset {data.name!r} has no {missing} features (it has {data.catalog.modalities}).")
     from speeder_hf.backbones import load_llm
 
     tokenizer, llm_model = load_llm(llm, dtype, num_layers)
     kwargs: dict[str, Any] = {
-        "modalities": modalities,
-        "modality_dims": data.catalog.modality_dims(modalities),
         "max_history_len": max_history_len,
         "num_candidates": num_candidates,
         # The config knows the three built-in styles; the mllm style is chosen per collator.
@@ -119,21 +113,21 @@ def build_model(
         "answer_mode": spec.answer_mode,
         **dict(spec.config),
     }
+    model_class = SpeederForSequentialRec
     if spec.needs_images:
         if data.spatial is None:
             raise ValueError(f"The mllm style needs image feature maps, but dataset {data.name!r} has none.")
         kwargs.update(num_image_tokens=data.spatial.shape[1], image_feature_dim=data.spatial.shape[2])
-        model = MLLMForSequentialRec.from_llm(llm_model, tokenizer, **kwargs)
+        model_class = MLLMForSequentialRec
     elif spec.prompt_style == "llara":
-        model = LlaraForSequentialRec.from_llm(llm_model, tokenizer, **kwargs)
-    else:
-        model = SpeederForSequentialRec.from_llm(llm_model, tokenizer, **kwargs)
-    model.set_item_features(*data.catalog.feature_tensors(modalities))
+        model_class = LlaraForSequentialRec
+    prior = None
     if spec.collaborative_prior == "in_training":
         prior = data.held_out_sasrec or data.sasrec  # training's prior; evaluation swaps in data.sasrec
         if prior is None:
             raise ValueError(f"{data.name!r} has no prepared SASRec for the collaborative prior.")
-        model.set_collaborative_prior(prior)
+    modalities = None if spec.modalities is None else list(spec.modalities)
+    model = model_class.from_catalog(llm_model, tokenizer, data.catalog, modalities, prior, **kwargs)
     if spec.needs_images:
         model.set_image_patches(torch.from_numpy(data.spatial))
     return model, tokenizer

@@ -94,3 +94,22 @@ def test_catalog_installs_into_a_model():
     features, mask = model.item_table(torch.tensor([2, 5]))
     torch.testing.assert_close(features[0], torch.from_numpy(catalog.features["text"][[2, 5]]))
     assert mask.tolist() == [[True, False, True], [True, True, True]]
+
+
+def test_from_catalog_builds_a_model_holding_the_catalog():
+    from conftest import tiny_llm, tiny_tokenizer
+
+    from speeder_hf import SpeederForSequentialRec
+
+    catalog = ItemCatalog([f"i{k}" for k in range(6)])
+    rng = np.random.default_rng(2)
+    for modality, dim in zip(TINY_MODALITIES["modalities"], TINY_MODALITIES["modality_dims"]):
+        catalog.add_features(modality, rng.normal(size=(6, dim)), np.ones(6, dtype=bool))
+    model = SpeederForSequentialRec.from_catalog(
+        tiny_llm(), tiny_tokenizer(), catalog, ["text"], max_history_len=8, num_candidates=5
+    )
+    assert model.config.modalities == ["text"] and model.config.num_items == 6
+    features, _ = model.item_table(torch.tensor([4]))
+    torch.testing.assert_close(features[0][0], torch.from_numpy(catalog.features["text"][4]))
+    with pytest.raises(ValueError, match=r"no \['audio'\] features"):
+        SpeederForSequentialRec.from_catalog(tiny_llm(), tiny_tokenizer(), catalog, ["audio"])

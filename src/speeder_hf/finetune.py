@@ -258,12 +258,11 @@ def build_model(
     """A Speeder model around the LLM, holding the catalog's feature table, with `sasrec`'s scores as its
     collaborative prior when one is given."""
     tokenizer, llm = load_llm(args.llm, torch.float32, args.llm_layers)
-    modalities = catalog.modalities
-    model = SpeederForSequentialRec.from_llm(
+    model = SpeederForSequentialRec.from_catalog(
         llm,
         tokenizer,
-        modalities=modalities,
-        modality_dims=catalog.modality_dims(modalities),
+        catalog,
+        collaborative_prior=sasrec,
         max_history_len=args.max_history_len,
         num_candidates=args.num_candidates,
         prompt_style=args.prompt_style,
@@ -271,9 +270,6 @@ def build_model(
         answer_loss=args.answer_loss,
         label_logits=args.label_logits,
     )
-    model.set_item_features(*catalog.feature_tensors(modalities))
-    if sasrec is not None:
-        model.set_collaborative_prior(sasrec)
     return model, tokenizer
 
 

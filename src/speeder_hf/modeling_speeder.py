@@ -123,6 +123,40 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
                 model.spae.absolute.weight.copy_(embeddings[rows])
         return model
 
+    @classmethod
+    def from_catalog(
+        cls,
+        llm,
+        tokenizer,
+        catalog,
+        modalities: list[str] | None = None,
+        collaborative_prior: nn.Module | None = None,
+        **config_kwargs,
+    ) -> SpeederForSequentialRec:
+        """[`from_llm`] for an item catalog: the config takes the catalog's modalities and their feature sizes,
+        and the model holds the catalog's feature table (`set_item_features`) and, when given, `collaborative_prior`
+        (`set_collaborative_prior`).
+
+        Args:
+            llm, tokenizer: as in `from_llm`.
+            catalog: an [`speeder_hf.ItemCatalog`] (anything with `modalities`, `modality_dims(modalities)` and
+                `feature_tensors(modalities)`).
+            modalities: the catalog modalities the model reads; None reads them all.
+            collaborative_prior: a trained SASRec over the catalog's rows.
+            **config_kwargs: further config fields.
+        """
+        modalities = list(catalog.modalities if modalities is None else modalities)
+        missing = [m for m in modalities if m not in catalog.modalities]
+        if missing:
+            raise ValueError(f"The catalog has no {missing} features (it has {list(catalog.modalities)}).")
+        model = cls.from_llm(
+            llm, tokenizer, modalities=modalities, modality_dims=catalog.modality_dims(modalities), **config_kwargs
+        )
+        model.set_item_features(*catalog.feature_tensors(modalities))
+        if collaborative_prior is not None:
+            model.set_collaborative_prior(collaborative_prior)
+        return model
+
     def set_collaborative_prior(self, sasrec: nn.Module) -> None:
         """Adds the collaborative prior, a frozen copy of a trained SASRec (`SASRecNetwork`, e.g.
         [`speeder_hf.SASRec`]) over the same catalog rows, with its weight at 1. On a model that has a prior already,
