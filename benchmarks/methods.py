@@ -127,7 +127,10 @@ def build_model(
         if prior is None:
             raise ValueError(f"{data.name!r} has no prepared SASRec for the collaborative prior.")
     modalities = None if spec.modalities is None else list(spec.modalities)
-    model = model_class.from_catalog(llm_model, tokenizer, data.catalog, modalities, prior, **kwargs)
+    try:
+        model = model_class.from_catalog(llm_model, tokenizer, data.catalog, modalities, prior, **kwargs)
+    except KeyError as error:  # a modality the method reads that this dataset lacks
+        raise ValueError(f"Dataset {data.name!r}: {error.args[0]}") from None
     if spec.needs_images:
         model.set_image_patches(torch.from_numpy(data.spatial))
     return model, tokenizer

@@ -714,3 +714,12 @@ def test_full_backbone_section_sets_each_baseline_beside_speeder_with_its_cost(q
     assert rows["llara"][-1] == "– |" and rows["speeder"][-1] != "– |"  # paired with llara on the same users
     methods = json.loads((out / "accuracy.json").read_text())["synthetic"]["methods"]
     assert rows["llara"][7] == f"{methods['llara']['validation']['ValidRatio']:.4f}"
+
+
+def test_a_method_reading_a_modality_the_dataset_lacks_names_both(tmp_path):
+    from benchmarks.methods import build_model
+
+    spec = dataclasses.replace(METHODS["speeder_text_only"], modalities=("audio",))
+    backbone = quick.write_tiny_backbone(tmp_path / "llm")
+    with pytest.raises(ValueError, match=r"Dataset 'synthetic': The catalog has no \['audio'\] features"):
+        build_model(spec, quick.synthetic_data(), str(backbone), max_history_len=8, num_candidates=5)

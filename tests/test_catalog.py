@@ -111,5 +111,5 @@ def test_from_catalog_builds_a_model_holding_the_catalog():
     assert model.config.modalities == ["text"] and model.config.num_items == 6
     features, _ = model.item_table(torch.tensor([4]))
     torch.testing.assert_close(features[0][0], torch.from_numpy(catalog.features["text"][4]))
-    with pytest.raises(ValueError, match=r"no \['audio'\] features"):
+    with pytest.raises(KeyError, match=r"no \['audio'\] features"):
         SpeederForSequentialRec.from_catalog(tiny_llm(), tiny_tokenizer(), catalog, ["audio"])

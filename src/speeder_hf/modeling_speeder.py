@@ -144,15 +144,16 @@ class SpeederForSequentialRec(SpeederPreTrainedModel, GenerationMixin):
             modalities: the catalog modalities the model reads; None reads them all.
             collaborative_prior: a trained SASRec over the catalog's rows.
             **config_kwargs: further config fields.
+
+        Raises:
+            KeyError: a requested modality has no features in the catalog.
         """
         modalities = list(catalog.modalities if modalities is None else modalities)
-        missing = [m for m in modalities if m not in catalog.modalities]
-        if missing:
-            raise ValueError(f"The catalog has no {missing} features (it has {list(catalog.modalities)}).")
+        features, presence = catalog.feature_tensors(modalities)  # before the LLM is touched: it checks modalities
         model = cls.from_llm(
             llm, tokenizer, modalities=modalities, modality_dims=catalog.modality_dims(modalities), **config_kwargs
         )
-        model.set_item_features(*catalog.feature_tensors(modalities))
+        model.set_item_features(features, presence)
         if collaborative_prior is not None:
             model.set_collaborative_prior(collaborative_prior)
         return model
