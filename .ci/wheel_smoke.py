@@ -48,13 +48,13 @@ def main() -> None:
     )
 
     from speeder_hf import ItemCatalog, SpeederForSequentialRec
-    from speeder_hf.evaluation import evaluate_ranking
-    from speeder_hf.evaluation_report import card_examples
-    from speeder_hf.export import save_pretrained_bundle
-    from speeder_hf.model_card import build_model_card
-    from speeder_hf.mpo import default_stages
-    from speeder_hf.recommend import Recommender
+    from speeder_hf.evaluation.ranking import evaluate_ranking
+    from speeder_hf.evaluation.report import card_examples
+    from speeder_hf.hub.model_card import build_model_card
+    from speeder_hf.serving.bundle import save_pretrained_bundle
+    from speeder_hf.serving.recommend import Recommender
     from speeder_hf.testing import tiny_causal_lm, word_level_tokenizer
+    from speeder_hf.training.mpo import default_stages
 
     # A tiny model over the real catalog, with random features, evaluated on the first test users.
     split = make_split(rec, num_candidates=5, max_history_len=8)

@@ -24,7 +24,6 @@ last evaluated batch, and its `train_seconds` and `eval_seconds` add up the sitt
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import logging
 import shutil
@@ -38,23 +37,22 @@ from typing import Any
 import numpy as np
 import torch
 from peft import PeftModel
-from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
-from speeder_hf.collaborative_prior import CollaborativePrior
-from speeder_hf.configuration_speeder import SpeederConfig
-from speeder_hf.content_prior import ContentPrior, default_modalities
+from speeder_hf.catalog.sasrec import sasrec_ranks
 from speeder_hf.data import CandidateSamplingDataset, last_training_rows, make_split
-from speeder_hf.evaluation import RankingOutcomes, collect_outcomes
-from speeder_hf.finetune import PRIOR_FIT_ROWS, job_field
-from speeder_hf.fusion_weights import fit_fusion_weights
-from speeder_hf.item_features import ItemFeatureTable
+from speeder_hf.evaluation.ranking import collect_outcomes, rows_fingerprint
 from speeder_hf.json_files import write_json
-from speeder_hf.lora import merge_lora
 from speeder_hf.metrics import RANKING_METRICS, bucket_indices, mcnemar_test, rank_metrics, target_ranks
-from speeder_hf.mpo import has_progress
-from speeder_hf.prior_calibration import PriorFusion, calibrate_priors, candidate_scores, prior_inputs
-from speeder_hf.sasrec import sasrec_ranks
+from speeder_hf.model.collaborative_prior import CollaborativePrior
+from speeder_hf.model.configuration_speeder import SpeederConfig
+from speeder_hf.model.content_prior import ContentPrior, default_modalities
+from speeder_hf.model.item_features import ItemFeatureTable
+from speeder_hf.training.fusion_weights import fit_fusion_weights
+from speeder_hf.training.lora import merge_lora
+from speeder_hf.training.mpo import has_progress
+from speeder_hf.training.prior_calibration import PriorFusion, calibrate_priors, candidate_scores, prior_inputs
+from speeder_hf_train.finetune import PRIOR_FIT_ROWS, job_field
 
 from .arguments import parse_arguments, split_commas
 from .bench_data import DEFAULT_CATALOG_DIR, BenchData, load_bench_data
@@ -224,66 +222,39 @@ def evaluate_llm(
     folder: str = EVAL_FOLDER,
     constrained: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Evaluates one batch of test rows at a time and saves each batch's outcomes under `work/eval` as it finishes:
-    title generation for 1,000 users runs for up to an hour on CPU, and a continued run (`--resume`) evaluates only
-    the batches not saved yet. A saved batch is reused only for the same rows; `work` holds one trained model (it is
-    emptied when training starts afresh). Returns the per-row top-1 hits and the metrics, with `eval_seconds` (all
-    sittings) and `eval_sittings`."""
+    """Evaluates the test rows in parts saved under `work/<folder>` (`collect_outcomes`' `resume_dir`): title
+    generation for 1,000 users runs for up to an hour on CPU, and a continued run (`--resume`) answers only the parts
+    not saved yet. `work` holds one trained model (it is emptied when training starts afresh). Returns the per-row
+    top-1 hits and the metrics, with `eval_seconds` (all sittings) and `eval_sittings`."""
     model = merge_lora(model) if isinstance(model, PeftModel) else model
     if torch.cuda.is_available():
         model = model.to(torch.bfloat16)
-    batch_size = args.eval_batch_size if spec.answer_mode == "index" else args.generation_batch_size
-    folder = work / folder
-    commit = machine_description()["git_commit_at_start"]
-    parts, seconds, sittings = [], 0.0, set()
-    for begin in tqdm(
-        range(0, len(test), batch_size), desc=f"Evaluating ({spec.answer_mode} answers)", disable=args.quick
-    ):
-        rows = test.select(range(begin, min(begin + batch_size, len(test))))
-        key = rows_fingerprint(rows)
-        path = folder / f"rows-{begin:06d}.json"
-        saved = json.loads(path.read_text()) if path.is_file() else None
-        if saved is not None and saved["rows"] == key:
-            outcomes = RankingOutcomes.from_dict(saved)
-        else:
-            started = time.perf_counter()
-            outcomes = collect_outcomes(
-                model,
-                tokenizer,
-                rows,
-                item_titles=data.catalog.titles,
-                item_texts=data.catalog.texts,
-                batch_size=batch_size,
-                answer_mode=spec.answer_mode,
-                prompt_style=spec.prompt_style,
-                collator_class=collator_class(spec),
-                max_new_tokens=args.max_new_tokens,
-                show_progress=False,
-                num_examples=NUM_EXAMPLES,
-                constrain_to_candidates=constrained,
-            )
-            elapsed = round(time.perf_counter() - started, 1)
-            saved = {"rows": key, "sitting": sitting, "commit": commit, "seconds": elapsed, **outcomes.to_dict()}
-            write_json(path, saved)
-        parts.append(outcomes)
-        seconds += saved["seconds"]
-        sittings.add(saved["sitting"])
-    outcomes = RankingOutcomes.concatenate(parts)
+    outcomes = collect_outcomes(
+        model,
+        tokenizer,
+        test,
+        item_titles=data.catalog.titles,
+        item_texts=data.catalog.texts,
+        batch_size=args.eval_batch_size if spec.answer_mode == "index" else args.generation_batch_size,
+        answer_mode=spec.answer_mode,
+        prompt_style=spec.prompt_style,
+        collator_class=collator_class(spec),
+        max_new_tokens=args.max_new_tokens,
+        show_progress=not args.quick,
+        num_examples=NUM_EXAMPLES,
+        constrain_to_candidates=constrained,
+        resume_dir=work / folder,
+        part_metadata={"sitting": sitting, "commit": machine_description()["git_commit_at_start"]},
+    )
     metrics = outcomes.summary(num_examples=NUM_EXAMPLES)
     return outcomes.valid & outcomes.correct, {
         **normalise(metrics),
         **({"examples": metrics["examples"]} if "examples" in metrics else {}),
         "protocol": metrics["protocol"],
         "by_history_len": {bucket: normalise(values) for bucket, values in metrics["by_history_len"].items()},
-        "eval_seconds": round(seconds, 1),
-        "eval_sittings": len(sittings),
+        "eval_seconds": round(outcomes.seconds, 1),
+        "eval_sittings": len({part["sitting"] for part in outcomes.parts}),
     }
-
-
-def rows_fingerprint(rows) -> str:
-    """Identifies evaluation rows by what is evaluated (user, history, target, candidates)."""
-    fields = [(r["user_id"], r["history"], r["target"], r["candidates"]) for r in rows]
-    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
 def ranks_row(ranks: np.ndarray, test, protocol: str) -> dict[str, Any]:

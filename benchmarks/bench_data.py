@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from speeder_hf.catalog import ItemCatalog
+from speeder_hf.catalog.item_catalog import ItemCatalog
+from speeder_hf.catalog.sasrec import SASRec
 from speeder_hf.data import RecDataset
-from speeder_hf.sasrec import SASRec
 
 from .bookkeeping import REPO
 
@@ -48,7 +48,7 @@ class BenchData:
         sasrec: the SASRec trained on every training sequence (the baseline, and the collaborative prior at
             evaluation), or None.
         held_out_sasrec: the SASRec trained without each user's last training item, which the LLM methods train
-            on: the `id` modality's model and the prior during training (see `speeder_hf.finetune.build_catalog`).
+            on: the `id` modality's model and the prior during training (see `speeder_hf_train.finetune.build_catalog`).
         info: provenance (features.json), plus `untitled_items`.
     """
 

@@ -43,12 +43,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from speeder_hf.collator import SpeederDataCollator
 from speeder_hf.data import CandidateSampler, sample_rng
-from speeder_hf.finetune import job_field
 from speeder_hf.json_files import write_json
-from speeder_hf.lora import apply_lora, merge_lora
-from speeder_hf.mpo import set_trainable
+from speeder_hf.processing.collator import SpeederDataCollator
+from speeder_hf.training.lora import apply_lora, merge_lora
+from speeder_hf.training.mpo import set_trainable
+from speeder_hf_train.finetune import job_field
 
 from .arguments import parse_arguments, split_commas
 from .bench_data import DEFAULT_CATALOG_DIR, BenchData, load_bench_data

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speeder_hf.catalog import ItemCatalog
+from speeder_hf.catalog.encoders import ImageEncoder, TextEncoder, encode_image_modality, encode_text_modality
+from speeder_hf.catalog.item_catalog import ItemCatalog
 from speeder_hf.data import load_dataset_by_name
-from speeder_hf.encoders import ImageEncoder, TextEncoder, encode_image_modality, encode_text_modality
-from speeder_hf.finetune import job_field
+from speeder_hf_train.finetune import job_field
 
 from .arguments import parse_arguments
 from .bookkeeping import command_line

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
+from benchmarks.baselines import LlaraForSequentialRec, MLLMDataCollator, MLLMForSequentialRec
 from speeder_hf import SpeederForSequentialRec
-from speeder_hf.baselines import LlaraForSequentialRec, MLLMDataCollator, MLLMForSequentialRec
-from speeder_hf.collator import SpeederDataCollator
+from speeder_hf.processing.collator import SpeederDataCollator
 
 from .bench_data import BenchData
 
@@ -20,15 +20,15 @@ class MethodSpec:
     """One compared method.
 
     Attributes:
-        prompt_style: `speeder`, `llara`, `text` or `mllm` (see `speeder_hf.prompts`).
+        prompt_style: `speeder`, `llara`, `text` or `mllm` (see `speeder_hf.processing.prompts`).
         answer_mode: `index` (label scored in one pass) or `title` (generated, LLaRA parser).
         modalities: catalog modalities the model reads; None = all the catalog has.
         schedule: `mpo` (the default MPO stages), or `single` (one LoRA stage with every modality from the start).
-        trains: parameter groups of the LoRA stage (`speeder_hf.mpo.GROUPS`).
+        trains: parameter groups of the LoRA stage (`speeder_hf.training.mpo.GROUPS`).
         config: extra `SpeederConfig` fields.
         description: one line for the result files.
         collaborative_prior: how the prepared SASRec's candidate scores join the model's, with a fitted weight
-            (`speeder_hf.finetune`'s `collaborative_prior`): "in_training", "after_training", or "" for none.
+            (`speeder_hf_train.finetune`'s `collaborative_prior`): "in_training", "after_training", or "" for none.
     """
 
     prompt_style: str

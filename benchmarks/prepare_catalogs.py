@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speeder_hf.baselines import spatial_image_features
-from speeder_hf.catalog import ItemCatalog
+from benchmarks.baselines import spatial_image_features
+from speeder_hf.catalog.encoders import ImageEncoder, TextEncoder, encode_image_modality, encode_text_modality
+from speeder_hf.catalog.item_catalog import ItemCatalog
+from speeder_hf.catalog.sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
 from speeder_hf.data import RecDataset, load_dataset_by_name, make_split, training_sequences
-from speeder_hf.encoders import ImageEncoder, TextEncoder, encode_image_modality, encode_text_modality
-from speeder_hf.finetune import job_field
-from speeder_hf.sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
+from speeder_hf_train.finetune import job_field
 
 from .arguments import parse_arguments, split_commas
 from .bench_data import BenchData, save_bench_data

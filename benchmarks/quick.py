@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from speeder_hf.catalog import ItemCatalog
+from speeder_hf.catalog.item_catalog import ItemCatalog
+from speeder_hf.catalog.sasrec import sasrec_item_features, train_sasrec
 from speeder_hf.data import RecDataset, make_split, training_sequences
-from speeder_hf.sasrec import sasrec_item_features, train_sasrec
 
 from .bench_data import BenchData
 

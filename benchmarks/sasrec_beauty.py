@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from speeder_hf.catalog.sasrec import evaluate_sasrec, sasrec_item_features, train_sasrec
 from speeder_hf.data import load_s3rec, make_split, training_sequences
-from speeder_hf.sasrec import evaluate_sasrec, sasrec_item_features, train_sasrec
 
 from .arguments import parse_arguments
 from .bookkeeping import command_line, machine_description

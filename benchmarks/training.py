@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from speeder_hf.baselines import LlaraCurriculumCallback
+from benchmarks.baselines import LlaraCurriculumCallback
 
 from .bench_data import BenchData
 from .methods import MethodSpec, make_collator
@@ -19,7 +19,7 @@ from .methods import MethodSpec, make_collator
 
 def make_stages(spec: MethodSpec, modalities: Sequence[str], learning_rate: float, align_learning_rate: float):
     """The training stages of a method, each one epoch over its share of the training samples."""
-    from speeder_hf.mpo import Stage, default_stages
+    from speeder_hf.training.mpo import Stage, default_stages
 
     if spec.schedule == "mpo":
         stages = default_stages(
@@ -119,7 +119,7 @@ def train_method(
     from transformers import TrainingArguments
 
     from speeder_hf.data import CandidateSamplingDataset
-    from speeder_hf.mpo import run_mpo
+    from speeder_hf.training.mpo import run_mpo
 
     stages = make_stages(spec, model.config.modalities, learning_rate, align_learning_rate)
     lengths = stage_lengths(len(train_rows), len(stages), final_stage_share)
@@ -163,7 +163,7 @@ def train_method(
 def check_stage_steps(output_dir: Path, stages, lengths: Sequence[int], micro_batch: int, accumulation: int) -> None:
     """Fails unless every stage took the optimizer steps its slice of the samples calls for, so the budget that a
     result file records (`train_samples_per_stage`) is the one that trained."""
-    from speeder_hf.mpo import DONE_FILE, stage_folder
+    from speeder_hf.training.mpo import DONE_FILE, stage_folder
 
     for index, (stage, length) in enumerate(zip(stages, lengths)):
         done = json.loads((output_dir / stage_folder(index, stage) / DONE_FILE).read_text())

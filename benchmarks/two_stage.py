@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from speeder_hf.catalog.sasrec import sasrec_ranks
 from speeder_hf.data import load_dataset_by_name, make_split
-from speeder_hf.export import load_pretrained_bundle
-from speeder_hf.finetune import job_field
 from speeder_hf.json_files import write_json
 from speeder_hf.metrics import rank_metrics
-from speeder_hf.recommend import Recommender, Request, SASRecRetriever
-from speeder_hf.sasrec import sasrec_ranks
+from speeder_hf.serving.bundle import load_pretrained_bundle
+from speeder_hf.serving.recommend import Recommender, Request, SASRecRetriever
+from speeder_hf_train.finetune import job_field
 
 from .arguments import parse_arguments
 from .bookkeeping import RESULTS_DIR, command_line, machine_description, setup_logging, today

@@ -4,7 +4,7 @@
     python examples/finetune.py --dataset movielens --llm /path/to/llm --stage_steps 500 --max_train_samples -1
     accelerate launch examples/finetune.py --bf16 ...             # multi-GPU / DeepSpeed / FSDP, unchanged
 
-Every field of `speeder_hf.finetune.FinetuneArguments` is a flag (`--help` lists them).
+Every field of `speeder_hf_train.finetune.FinetuneArguments` is a flag (`--help` lists them).
 """
 
 import json
@@ -12,7 +12,7 @@ import logging
 
 from transformers import HfArgumentParser
 
-from speeder_hf.finetune import FinetuneArguments, run_finetune
+from speeder_hf_train.finetune import FinetuneArguments, run_finetune
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     print("\nTest metrics:", json.dumps(results["metrics"], indent=2))
     print(f"Model saved to {args.output_dir} (wall time {results['wall_seconds'] / 60:.1f} min)")
     if args.push_to_hub:
-        from speeder_hf.publishing import publish_folder
+        from speeder_hf.hub.publishing import publish_folder
 
         print("Published:", publish_folder(args.output_dir, args.push_to_hub))
 

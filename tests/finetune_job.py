@@ -1,4 +1,4 @@
-"""The finetune job (`speeder_hf.finetune.run_finetune`) with test instrumentation, as a script that the
+"""The finetune job (`speeder_hf_train.finetune.run_finetune`) with test instrumentation, as a script that the
 multi-process and crash-resume tests launch under plain `python`, `torchrun` or `accelerate launch`.
 
     python tests/finetune_job.py RECORD_DIR [FinetuneArguments flags ...]
@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser, TrainerCallback
 
-from speeder_hf import finetune
 from speeder_hf.data import CandidateSamplingDataset
-from speeder_hf.trainer import SpeederTrainer
+from speeder_hf.training.trainer import SpeederTrainer
+from speeder_hf_train import finetune
 
 RECORD_DIR = Path(sys.argv[1])
 KILL_AT = os.environ.get("SPEEDER_TEST_KILL_AT", "")

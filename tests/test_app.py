@@ -1,4 +1,4 @@
-"""The web demo (`speeder_hf.app`): its logic on a tiny saved model, its page in a real headless browser, and the
+"""The web demo (`speeder_hf_train.app`): its logic on a tiny saved model, its page in a real headless browser, and the
 `speeder-hf app` command."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from conftest import missing, require_module, tiny_speeder
 from PIL import Image
 from test_pipeline import NUM_ITEMS, tiny_catalog, tiny_sasrec
 
-import speeder_hf.app
-from speeder_hf.app import RecommenderDemo, history_choices, load_examples
-from speeder_hf.cli import main
-from speeder_hf.export import save_pretrained_bundle
-from speeder_hf.recommend import Recommender
+import speeder_hf_train.app
+from speeder_hf.serving.bundle import save_pretrained_bundle
+from speeder_hf.serving.recommend import Recommender
+from speeder_hf_train.app import RecommenderDemo, history_choices, load_examples
+from speeder_hf_train.cli import main
 
 EXAMPLES = [
     {"user_id": "u0", "history": ["I1", "I4", "I5"], "target": "I8"},
@@ -140,32 +140,32 @@ def test_the_page_has_the_searchable_picker_and_the_outputs(demo):
 
 def test_the_same_file_runs_as_a_space_app(saved_model, monkeypatch):
     # A Space runs app.py as a top-level script, where relative imports would fail.
-    namespace = runpy.run_path(speeder_hf.app.__file__, run_name="space_app")
+    namespace = runpy.run_path(speeder_hf_train.app.__file__, run_name="space_app")
     assert namespace["RecommenderDemo"].__name__ == "RecommenderDemo"
     served = []
-    monkeypatch.setattr(speeder_hf.app, "launch", lambda *args: served.append(args))
-    monkeypatch.setenv(speeder_hf.app.MODEL_ENV, str(saved_model))
-    speeder_hf.app.main([])
+    monkeypatch.setattr(speeder_hf_train.app, "launch", lambda *args: served.append(args))
+    monkeypatch.setenv(speeder_hf_train.app.MODEL_ENV, str(saved_model))
+    speeder_hf_train.app.main([])
     assert served == [(str(saved_model), None)]
-    monkeypatch.delenv(speeder_hf.app.MODEL_ENV)
+    monkeypatch.delenv(speeder_hf_train.app.MODEL_ENV)
     with pytest.raises(SystemExit, match="SPEEDER_MODEL"):
-        speeder_hf.app.main([])
+        speeder_hf_train.app.main([])
 
 
 def test_app_command(saved_model, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(speeder_hf.app, "launch", lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setattr(speeder_hf_train.app, "launch", lambda *args, **kwargs: calls.append((args, kwargs)))
     assert main(["app", "--model-dir", str(saved_model), "--port", "7870"]) == 0
     assert calls == [((str(saved_model), None), {"host": "127.0.0.1", "port": 7870, "share": False})]
 
     def no_gradio(*args, **kwargs):
-        raise ImportError(speeder_hf.app.INSTALL_HINT)
+        raise ImportError(speeder_hf_train.app.INSTALL_HINT)
 
-    monkeypatch.setattr(speeder_hf.app, "launch", no_gradio)
+    monkeypatch.setattr(speeder_hf_train.app, "launch", no_gradio)
     with pytest.raises(SystemExit) as exit_info:
         main(["app", "--model-dir", str(saved_model)])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == f"speeder-hf app: error: {speeder_hf.app.INSTALL_HINT}"
+    assert capsys.readouterr().err.strip() == f"speeder-hf app: error: {speeder_hf_train.app.INSTALL_HINT}"
 
 
 # ----- in a real browser ------------------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ from test_collator import ROWS, TITLES
 from test_pipeline import tiny_catalog, tiny_sasrec
 
 from speeder_hf import backbones
-from speeder_hf.configuration_speeder import SpeederConfig
-from speeder_hf.evaluation import collect_outcomes
-from speeder_hf.mpo import set_trainable
-from speeder_hf.recommend import Recommender, SASRecRetriever
-from speeder_hf.spae import check_tokenizer
+from speeder_hf.evaluation.ranking import collect_outcomes
+from speeder_hf.model.configuration_speeder import SpeederConfig
+from speeder_hf.model.spae import check_tokenizer
+from speeder_hf.serving.recommend import Recommender, SASRecRetriever
+from speeder_hf.training.mpo import set_trainable
 
 
 def test_evaluation_refuses_an_empty_dataset_and_mixed_candidate_counts(model_and_tokenizer):

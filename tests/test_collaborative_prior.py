@@ -9,11 +9,11 @@ from conftest import tiny_speeder
 from test_collator import ROWS, TITLES
 from transformers import AutoModel
 
-from speeder_hf.collator import SpeederDataCollator
-from speeder_hf.lora import apply_lora, merge_lora
-from speeder_hf.mpo import parameter_group, set_trainable
-from speeder_hf.prior_calibration import PriorFusion, calibrate_priors
-from speeder_hf.sasrec import SASRec
+from speeder_hf.catalog.sasrec import SASRec
+from speeder_hf.processing.collator import SpeederDataCollator
+from speeder_hf.training.lora import apply_lora, merge_lora
+from speeder_hf.training.mpo import parameter_group, set_trainable
+from speeder_hf.training.prior_calibration import PriorFusion, calibrate_priors
 
 NUM_ITEMS = 30
 

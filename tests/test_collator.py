@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import tiny_speeder, tiny_tokenizer
 
-from speeder_hf.collator import IGNORE_INDEX, SpeederDataCollator, check_placeholders
+from speeder_hf.processing.collator import IGNORE_INDEX, SpeederDataCollator, check_placeholders
 
 NOUNS = "lipstick mascara shampoo soap cream brush nail gel oil mask".split()
 COLORS = "red blue green".split()

@@ -10,8 +10,8 @@ from test_collaborative_prior import NUM_ITEMS, eval_batch, speeder_with_prior
 from test_collator import ROWS, TITLES
 from transformers import AutoModel
 
-from speeder_hf.fusion_weights import RIDGE, fit_fusion_weights
-from speeder_hf.prior_calibration import PriorFusion, calibrate_priors
+from speeder_hf.training.fusion_weights import RIDGE, fit_fusion_weights
+from speeder_hf.training.prior_calibration import PriorFusion, calibrate_priors
 
 
 def speeder_with_content_prior(**config_kwargs):

@@ -22,7 +22,7 @@ from finetune_runs import (
 )
 from transformers import AutoModel
 
-from speeder_hf.recommend import Recommender
+from speeder_hf.serving.recommend import Recommender
 
 KILL_SEED = 2026
 

@@ -17,12 +17,12 @@ from test_benchmarks import sharpen_attention, tiny_mllm, varied_rows
 from test_evaluation import ROWS, TITLES, writing_titles
 from transformers import AutoModel, TrainerCallback, TrainingArguments, pipeline
 
-from speeder_hf.baselines import MLLMDataCollator
-from speeder_hf.catalog import ItemCatalog
-from speeder_hf.collator import SpeederDataCollator
-from speeder_hf.evaluation import collect_outcomes, evaluate_ranking
-from speeder_hf.lora import merge_lora
-from speeder_hf.mpo import available_modalities, default_stages, run_mpo
+from benchmarks.baselines import MLLMDataCollator
+from speeder_hf.catalog.item_catalog import ItemCatalog
+from speeder_hf.evaluation.ranking import collect_outcomes, evaluate_ranking
+from speeder_hf.processing.collator import SpeederDataCollator
+from speeder_hf.training.lora import merge_lora
+from speeder_hf.training.mpo import available_modalities, default_stages, run_mpo
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

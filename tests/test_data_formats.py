@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import require_package, require_shared_data, tiny_llm, tiny_tokenizer
 
-from speeder_hf.catalog import ItemCatalog
-from speeder_hf.cli import main
+from speeder_hf.catalog.item_catalog import ItemCatalog
 from speeder_hf.data import (
     DataFormatError,
     load_dataset_by_name,
@@ -23,6 +22,7 @@ from speeder_hf.data import (
 )
 from speeder_hf.data.named import shared_data_dir
 from speeder_hf.data.recbole import recbole_inter_file
+from speeder_hf_train.cli import main
 
 NUM_ITEMS = 30  # the fixtures' catalog: LLaRA ids 0..29, so the padding id is 30
 PAD = NUM_ITEMS

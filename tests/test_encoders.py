@@ -23,8 +23,7 @@ from transformers import (
     ViTModel,
 )
 
-from speeder_hf.catalog import ItemCatalog
-from speeder_hf.encoders import (
+from speeder_hf.catalog.encoders import (
     ImageEncoder,
     ImageLoadError,
     TextEncoder,
@@ -32,6 +31,7 @@ from speeder_hf.encoders import (
     encode_text_modality,
     load_image,
 )
+from speeder_hf.catalog.item_catalog import ItemCatalog
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_image_modality_bad_files_and_cache(vit_dir, tmp_path, caplog):
     cache = tmp_path / "cache"
     with pytest.raises(ImageLoadError, match=r"Item 'c': Cannot read image .*broken.jpg"):
         encode_image_modality(catalog, encoder, cache_dir=cache)
-    with caplog.at_level(logging.WARNING, logger="speeder_hf.encoders"):
+    with caplog.at_level(logging.WARNING, logger="speeder_hf.catalog.encoders"):
         encode_image_modality(catalog, encoder, cache_dir=cache, on_error="skip")
     assert "Skipped 1 unreadable images (items ['c'])" in caplog.text
     assert catalog.presence["image"].tolist() == [True, False, False, True, True]

@@ -12,9 +12,9 @@ import torch
 from conftest import tiny_speeder
 from datasets import Dataset
 
-from speeder_hf.evaluation import RankingOutcomes, collect_outcomes, evaluate_ranking
+from speeder_hf.evaluation.ranking import RankingOutcomes, collect_outcomes, evaluate_ranking
 from speeder_hf.metrics import parse_title_answer
-from speeder_hf.prompts import PromptBuilder
+from speeder_hf.processing.prompts import PromptBuilder
 
 NOUNS = "lipstick mascara shampoo soap cream brush nail gel oil mask".split()
 COLORS = "red blue green".split()
@@ -223,3 +223,36 @@ def test_outcomes_of_parts_add_up_to_the_whole_evaluation(model_and_tokenizer):
         RankingOutcomes.concatenate([parts[0], title_part])
     with pytest.raises(ValueError, match="No outcomes"):
         RankingOutcomes.concatenate([])
+
+
+def test_an_evaluation_saved_in_parts_resumes_where_it_stopped(model_and_tokenizer, tmp_path, monkeypatch):
+    model, tokenizer = model_and_tokenizer
+    whole = evaluate_ranking(model, tokenizer, ROWS, TITLES, batch_size=3, show_progress=False)
+    calls = []
+    score_candidates = model.score_candidates
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return score_candidates(*args, **kwargs)
+
+    monkeypatch.setattr(model, "score_candidates", counted)
+    first = collect_outcomes(
+        model, tokenizer, ROWS, TITLES, batch_size=3, show_progress=False, resume_dir=tmp_path, part_metadata={"n": 1}
+    )
+    assert first.summary() == whole and calls == [3, 3, 1]
+    assert sorted(p.name for p in tmp_path.glob("rows-*.json")) == [
+        "rows-000000.json",
+        "rows-000003.json",
+        "rows-000006.json",
+    ]
+    (tmp_path / "rows-000003.json").unlink()  # a sitting killed before this part was saved
+    stale = json.loads((tmp_path / "rows-000006.json").read_text())
+    (tmp_path / "rows-000006.json").write_text(json.dumps({**stale, "rows": "other rows"}))
+    calls.clear()
+    again = collect_outcomes(
+        model, tokenizer, Dataset.from_list(ROWS), TITLES, batch_size=3, show_progress=False, resume_dir=tmp_path,
+        part_metadata={"n": 2},
+    )  # fmt: skip
+    assert again.summary() == whole and calls == [3, 1]  # only the missing and the stale part are answered again
+    assert [(p["begin"], p["n"]) for p in again.parts] == [(0, 1), (3, 2), (6, 2)]
+    assert again.seconds == pytest.approx(sum(p["seconds"] for p in again.parts))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from speeder_hf.evaluation_report import RESULTS_FILE, EvaluationReport, read_examples
+from speeder_hf.evaluation.report import RESULTS_FILE, EvaluationReport, read_examples
 
 # A results file as the job wrote it before the report was typed: a flat JSON object, with a key the report does
 # not know (kept and written back).

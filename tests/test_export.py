@@ -16,19 +16,19 @@ from test_collaborative_prior import speeder_with_prior
 from test_pipeline import tiny_catalog
 from transformers import pipeline
 
-import speeder_hf
-from speeder_hf.catalog import ItemCatalog
-from speeder_hf.export import (
+from speeder_hf.catalog.item_catalog import ItemCatalog
+from speeder_hf.serving.bundle import (
     REMOTE_CODE_AUTO_MAP,
     REMOTE_CODE_PIPELINES,
     add_remote_code,
     check_remote_code_imports,
+    flat_source,
     load_catalog_for,
     load_pretrained_bundle,
     remote_code_files,
     save_pretrained_bundle,
 )
-from speeder_hf.lora import apply_lora
+from speeder_hf.training.lora import apply_lora
 
 
 def _sample_inputs(model, tokenizer):
@@ -75,7 +75,29 @@ def test_remote_code_files_are_the_import_graph_of_modeling_and_the_pipeline():
     assert len(names) == len(set(names))
     assert set(names) == MODELING_GRAPH | PIPELINE_GRAPH
     # The modules that import numpy, datasets, tqdm, peft or huggingface_hub stay out of the serving path.
-    assert not {"catalog.py", "sasrec.py", "export.py", "lora.py", "evaluation.py"} & set(names)
+    assert not {"item_catalog.py", "sasrec.py", "bundle.py", "lora.py", "ranking.py"} & set(names)
+
+
+def test_shipped_code_imports_its_sub_package_siblings_flat(tmp_path):
+    """The modules live in sub-packages; in a model directory they lie side by side, so a copy's relative imports
+    become flat siblings and nothing else in the file changes."""
+    model, _ = tiny_speeder()
+    model.save_pretrained(tmp_path)
+    copied = {p.name: p for p in add_remote_code(tmp_path)}
+    pipeline_source = {p.name: p for p in remote_code_files()}["pipeline_speeder.py"].read_text()
+    assert "from ..model.modeling_speeder import" in pipeline_source
+    shipped = copied["pipeline_speeder.py"].read_text()
+    assert "from .modeling_speeder import" in shipped and "from .." not in shipped
+    changed = [(a, b) for a, b in zip(pipeline_source.splitlines(), shipped.splitlines(), strict=True) if a != b]
+    assert changed and all(a.lstrip().startswith("from ..") for a, _ in changed)
+
+
+def test_remote_code_files_refuse_an_import_that_cannot_be_copied_flat(tmp_path):
+    path = tmp_path / "pkg" / "modeling_bad.py"
+    path.parent.mkdir()
+    path.write_text("from . import sibling\n")
+    with pytest.raises(ImportError, match="not a module file"):
+        flat_source(path)
 
 
 @pytest.mark.parametrize(
@@ -85,7 +107,7 @@ def test_remote_code_files_are_the_import_graph_of_modeling_and_the_pipeline():
         ("from tqdm.auto import tqdm\n", "tqdm"),
         ("from safetensors.torch import load_file\n", "safetensors"),
         ("def load():\n    import datasets\n", "datasets"),  # a lazy import is an import too
-        ("from speeder_hf.catalog import ItemCatalog\n", "speeder_hf.catalog"),
+        ("from speeder_hf.catalog.item_catalog import ItemCatalog\n", "speeder_hf.catalog.item_catalog"),
         ("try:\n    import speeder_hf\nexcept ImportError:\n    pass\n", "speeder_hf"),
         # Relative imports that transformers does not copy along: only `from .sibling import name` travels.
         ("from . import collator\n", "'.'"),
@@ -118,12 +140,12 @@ def test_add_remote_code_writes_auto_map_custom_pipelines_and_files(tmp_path):
 def test_shipped_code_is_the_packages_own_modules_and_closed_under_its_imports(tmp_path):
     model, tokenizer = tiny_speeder(num_items=30)
     save_pretrained_bundle(model, tmp_path, tokenizer, _catalog(30))
-    package = Path(speeder_hf.__file__).parent
+    sources = {p.name: p for p in remote_code_files()}
     shipped = sorted(tmp_path.glob("*.py"))
-    assert {p.name for p in shipped} == {p.name for p in remote_code_files()}
+    assert {p.name for p in shipped} == set(sources)
     for path in shipped:
-        # Byte for byte the module the package imports: the export copies it, nobody edits a second copy.
-        assert path.read_bytes() == (package / path.name).read_bytes(), f"{path.name} drifted from the package"
+        # The module the package imports, its imports made flat: the export copies it, nobody edits a second copy.
+        assert path.read_text() == flat_source(sources[path.name]), f"{path.name} drifted from the package"
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
                 assert (tmp_path / f"{node.module}.py").is_file(), f"{path.name} imports .{node.module}, not shipped"
@@ -252,7 +274,7 @@ def test_trust_remote_code_pipeline_without_the_package_recommends_exactly_as_th
     remote = json.loads(result.stdout.strip().splitlines()[-1])
     for model_dir, remote_outputs in zip(model_dirs, remote):
         recommend = pipeline("sequential-recommendation", model=str(model_dir))  # the installed package's classes
-        assert type(recommend).__module__ == "speeder_hf.pipeline_speeder"
+        assert type(recommend).__module__ == "speeder_hf.serving.pipeline_speeder"
         expected = [recommend(inputs, **kwargs) for inputs, kwargs in PIPELINE_CALLS]
         assert remote_outputs == json.loads(json.dumps(expected))  # item by item, score by score
     assert [len(ranking) for ranking in remote[0][:3]] == [with_prior.config.num_candidates, 3, 2]

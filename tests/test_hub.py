@@ -16,16 +16,16 @@ from conftest import run_fresh_python, tiny_speeder
 from huggingface_hub import ModelCard
 from test_pipeline import NUM_ITEMS, tiny_catalog, tiny_sasrec
 
-import speeder_hf.pipeline_speeder  # noqa: F401  (registers the task)
-from speeder_hf.app import RecommenderDemo, load_examples
-from speeder_hf.citations import dataset_info
-from speeder_hf.evaluation import evaluate_ranking
-from speeder_hf.evaluation_report import card_examples
-from speeder_hf.export import save_pretrained_bundle
-from speeder_hf.model_card import HUB_PIPELINE_TAG, build_model_card
-from speeder_hf.mpo import default_stages
-from speeder_hf.publishing import publish, publish_folder
-from speeder_hf.recommend import Recommender
+import speeder_hf.serving.pipeline_speeder  # noqa: F401  (registers the task)
+from speeder_hf.evaluation.ranking import evaluate_ranking
+from speeder_hf.evaluation.report import card_examples
+from speeder_hf.hub.citations import dataset_info
+from speeder_hf.hub.model_card import HUB_PIPELINE_TAG, build_model_card
+from speeder_hf.hub.publishing import publish, publish_folder
+from speeder_hf.serving.bundle import save_pretrained_bundle
+from speeder_hf.serving.recommend import Recommender
+from speeder_hf.training.mpo import default_stages
+from speeder_hf_train.app import RecommenderDemo, load_examples
 
 
 def eval_rows(n_users: int = 12, seed: int = 0) -> list[dict]:
@@ -134,7 +134,7 @@ def test_card_links_the_web_demo(card, saved, caplog):
     assert "(https://huggingface.co/spaces/someone/demo)" in with_space.text
     # The app shows the examples saved with the model: a card built from other examples says so.
     changed = {**results, "examples": results["examples"][:1]}
-    with caplog.at_level(logging.WARNING, logger="speeder_hf.model_card"):
+    with caplog.at_level(logging.WARNING, logger="speeder_hf.hub.model_card"):
         build_model_card(directory, changed)
     assert "differ from those in" in caplog.text and "which the web demo shows" in caplog.text
 
@@ -223,7 +223,7 @@ def _uploaded(upload) -> set[str]:
 def test_publish_saves_then_writes_the_card_then_uploads(saved, card, tmp_path):
     model, tokenizer, catalog = saved[:3]
     fake = FakeHub()
-    with mock.patch("speeder_hf.publishing.HfApi", return_value=fake) as api:
+    with mock.patch("speeder_hf.hub.publishing.HfApi", return_value=fake) as api:
         url = publish(
             model,
             tokenizer,
@@ -273,7 +273,7 @@ def test_publish_folder_builds_the_card_with_the_repo_id_and_leaves_training_fil
     (directory / "mpo" / "stage-0-align" / "checkpoint-1").mkdir(parents=True)
     (directory / "mpo" / "stage-0-align" / "checkpoint-1" / "optimizer.pt").write_bytes(b"x")
     fake = FakeHub()
-    with mock.patch("speeder_hf.publishing.HfApi", return_value=fake):
+    with mock.patch("speeder_hf.hub.publishing.HfApi", return_value=fake):
         publish_folder(directory, "org/speeder-beauty", private=True)
     (upload,) = fake.uploads
     uploaded = _uploaded(upload)

@@ -12,12 +12,12 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, Trainin
 
 from speeder_hf import SpeederDataCollator, SpeederForSequentialRec, Stage, evaluate_ranking, run_mpo
 from speeder_hf.backbones import load_llm, resolve_llm, smollm2_path
-from speeder_hf.catalog import ItemCatalog
+from speeder_hf.catalog.encoders import TextEncoder, encode_text_modality
+from speeder_hf.catalog.item_catalog import ItemCatalog
+from speeder_hf.catalog.sasrec import sasrec_item_features, train_sasrec
 from speeder_hf.data import CandidateSamplingDataset, RecDataset, make_split, training_sequences
 from speeder_hf.data.named import load_dataset_by_name
-from speeder_hf.encoders import TextEncoder, encode_text_modality
-from speeder_hf.export import save_pretrained_bundle
-from speeder_hf.sasrec import sasrec_item_features, train_sasrec
+from speeder_hf.serving.bundle import save_pretrained_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from conftest import tiny_speeder
 from peft import PeftModel
 
 from speeder_hf import SpeederForSequentialRec
-from speeder_hf.lora import apply_lora, merge_lora
+from speeder_hf.training.lora import apply_lora, merge_lora
 
 PROMPT = "a user <|pos_1|><item> <|pos_2|><item> candidates ( A ) <item> ( B ) <item> answer :"
 ITEMS = torch.tensor([1, 2, 5, 6])

@@ -10,7 +10,7 @@ from conftest import tiny_speeder, tiny_tokenizer
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from speeder_hf import SpeederConfig, SpeederForSequentialRec, check_tokenizer
-from speeder_hf.loading import load_model_and_tokenizer
+from speeder_hf.serving.loading import load_model_and_tokenizer
 
 PROMPT = "a user <|pos_1|><item> <|pos_2|><item> candidates ( A ) <item> ( B ) <item> answer :"
 ITEMS = torch.tensor([1, 2, 5, 6])

@@ -14,7 +14,7 @@ from peft import PeftModel
 from test_trainer import ToyCollator, ToyRows, toy_args
 from transformers import TrainerCallback, TrainerState
 
-from speeder_hf.mpo import (
+from speeder_hf.training.mpo import (
     MPOCallback,
     Stage,
     available_modalities,

@@ -20,8 +20,8 @@ from finetune_runs import (
     trainable_state,
 )
 
-from speeder_hf.finetune import FinetuneArguments, mpo_training_args
-from speeder_hf.recommend import Recommender
+from speeder_hf.serving.recommend import Recommender
+from speeder_hf_train.finetune import FinetuneArguments, mpo_training_args
 
 KILL_AT = "stage-1-text:7"  # mid-stage, two steps after its checkpoint-5
 

@@ -12,11 +12,17 @@ from conftest import run_fresh_python, tiny_speeder
 from transformers import AutoModel, pipeline
 
 import speeder_hf
-import speeder_hf.pipeline_speeder  # noqa: F401  (registers the task)
-from speeder_hf.catalog import ItemCatalog
-from speeder_hf.export import load_catalog_for, load_sasrec_for, save_pretrained_bundle
-from speeder_hf.recommend import FeatureRetriever, Recommender, SASRecRetriever, UnknownItemError, default_retriever
-from speeder_hf.sasrec import SASRec
+import speeder_hf.serving.pipeline_speeder  # noqa: F401  (registers the task)
+from speeder_hf.catalog.item_catalog import ItemCatalog
+from speeder_hf.catalog.sasrec import SASRec
+from speeder_hf.serving.bundle import load_catalog_for, load_sasrec_for, save_pretrained_bundle
+from speeder_hf.serving.recommend import (
+    FeatureRetriever,
+    Recommender,
+    SASRecRetriever,
+    UnknownItemError,
+    default_retriever,
+)
 
 NUM_ITEMS = 30
 

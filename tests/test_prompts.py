@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from speeder_hf import SpeederConfig
-from speeder_hf.prompts import PromptBuilder
+from speeder_hf.processing.prompts import PromptBuilder
 
 TITLES = ["lipstick red", "mascara", "shampoo", "soap", "cream", "brush", "nail  polish\npink", None]
 TEXTS = ["lipstick red. makeup, lips", None, "shampoo. hair", None, None, None, None, None]

@@ -15,10 +15,10 @@ import pytest
 import transformers
 from conftest import run_fresh_python, tiny_llm, tiny_tokenizer
 
+import speeder_hf.catalog.encoders
 import speeder_hf.data
-import speeder_hf.encoders
 from speeder_hf.data import RecDataset
-from speeder_hf.recommend import Recommender
+from speeder_hf.serving.recommend import Recommender
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -98,7 +98,7 @@ def test_build_your_own_runs_with_tiny_models(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SPEEDER_HF_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(speeder_hf.data, "load_dataset_by_name", lambda name: rec)
-    monkeypatch.setattr(speeder_hf.encoders, "TextEncoder", TinyTextEncoder)
+    monkeypatch.setattr(speeder_hf.catalog.encoders, "TextEncoder", TinyTextEncoder)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *args, **kwargs: tokenizer)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *args, **kwargs: llm)
     namespace: dict = {}

@@ -10,9 +10,9 @@ from test_content_prior import speeder_with_content_prior
 from test_pipeline import tiny_catalog
 from transformers import AutoModel
 
-from speeder_hf.fusion_weights import RIDGE
-from speeder_hf.prior_calibration import LLM_WEIGHT, calibrate_retrieved_fusion
-from speeder_hf.recommend import Recommender, Request, SASRecRetriever
+from speeder_hf.serving.recommend import Recommender, Request, SASRecRetriever
+from speeder_hf.training.fusion_weights import RIDGE
+from speeder_hf.training.prior_calibration import LLM_WEIGHT, calibrate_retrieved_fusion
 
 K = 5
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from speeder_hf.catalog import ItemCatalog
+from speeder_hf.catalog.item_catalog import ItemCatalog
+from speeder_hf.catalog.sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
 from speeder_hf.data import RecDataset, make_split, training_sequences
-from speeder_hf.modeling_sasrec import left_pad
-from speeder_hf.sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
+from speeder_hf.model.modeling_sasrec import left_pad
 
 NUM_ITEMS = 24
 
@@ -93,7 +93,7 @@ def test_evaluation_rejects_bad_candidate_sets():
 
 
 def test_length_bucketed_batches_cover_every_sequence_once():
-    from speeder_hf.sasrec import _batches
+    from speeder_hf.catalog.sasrec import _batches
 
     rng = np.random.default_rng(0)
     sequences = [[i] * (1 + i % 37) for i in range(1000)]
@@ -107,7 +107,7 @@ def test_length_bucketed_batches_cover_every_sequence_once():
 
 
 def test_cached_sasrec_trains_once_per_data_and_settings(tmp_path, monkeypatch):
-    from speeder_hf import finetune
+    from speeder_hf_train import finetune
 
     calls = []
     monkeypatch.setattr(finetune, "train_sasrec", lambda *a, **k: calls.append(k) or train_sasrec(*a, **k))

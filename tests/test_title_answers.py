@@ -12,9 +12,14 @@ from conftest import tiny_speeder, tiny_tokenizer
 from transformers import LogitsProcessorList
 
 from speeder_hf import SpeederForSequentialRec
-from speeder_hf.collator import SpeederDataCollator
-from speeder_hf.evaluation import RankingOutcomes, collect_outcomes, evaluate_ranking
-from speeder_hf.title_answers import TitleTrie, TitleTrieLogitsProcessor, score_title_answers, title_answer_ids
+from speeder_hf.evaluation.ranking import RankingOutcomes, collect_outcomes, evaluate_ranking
+from speeder_hf.evaluation.title_answers import (
+    TitleTrie,
+    TitleTrieLogitsProcessor,
+    score_title_answers,
+    title_answer_ids,
+)
+from speeder_hf.processing.collator import SpeederDataCollator
 
 NOUNS = "lipstick mascara shampoo soap cream brush nail gel oil mask".split()
 COLORS = "red blue green".split()

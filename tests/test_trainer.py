@@ -11,9 +11,9 @@ import torch
 from conftest import tiny_speeder
 from transformers import TrainingArguments
 
-from speeder_hf.collator import SpeederDataCollator
-from speeder_hf.lora import apply_lora
-from speeder_hf.trainer import METADATA_KEYS, SpeederTrainer
+from speeder_hf.processing.collator import SpeederDataCollator
+from speeder_hf.training.lora import apply_lora
+from speeder_hf.training.trainer import METADATA_KEYS, SpeederTrainer
 
 PROMPT = "a user <|pos_1|><item> <|pos_2|><item> candidates ( A ) <item> ( B ) <item> answer :"
 RECENCY = [2, 1, 0, 0]  # two history items (most recent = 1), two candidates

@@ -7,20 +7,20 @@ and `AutoModelForCausalLM` (so `AutoModel.from_pretrained(path)` loads a saved S
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from . import pipeline_speeder  # noqa: F401  (registers the "sequential-recommendation" pipeline)
-from .catalog import ItemCatalog
-from .collator import SpeederDataCollator
-from .configuration_speeder import SpeederConfig
-from .evaluation import evaluate_ranking
-from .lora import apply_lora, merge_lora
-from .modeling_speeder import SpeederCausalLMOutput, SpeederForSequentialRec, SpeederPreTrainedModel
-from .mpo import Stage, default_stages, run_mpo
-from .mrc import MixtureOfModalityExperts
-from .prompts import PromptBuilder
-from .recommend import Recommender
-from .sasrec import SASRec, train_sasrec
-from .spae import SequentialPositionEncoding, add_speeder_tokens, check_tokenizer
-from .trainer import SpeederTrainer
+from .catalog.item_catalog import ItemCatalog
+from .catalog.sasrec import SASRec, train_sasrec
+from .evaluation.ranking import evaluate_ranking
+from .model.configuration_speeder import SpeederConfig
+from .model.modeling_speeder import SpeederCausalLMOutput, SpeederForSequentialRec, SpeederPreTrainedModel
+from .model.mrc import MixtureOfModalityExperts
+from .model.spae import SequentialPositionEncoding, add_speeder_tokens, check_tokenizer
+from .processing.collator import SpeederDataCollator
+from .processing.prompts import PromptBuilder
+from .serving import pipeline_speeder  # noqa: F401  (registers the "sequential-recommendation" pipeline)
+from .serving.recommend import Recommender
+from .training.lora import apply_lora, merge_lora
+from .training.mpo import Stage, default_stages, run_mpo
+from .training.trainer import SpeederTrainer
 
 AutoConfig.register(SpeederConfig.model_type, SpeederConfig, exist_ok=True)
 AutoModel.register(SpeederConfig, SpeederForSequentialRec, exist_ok=True)

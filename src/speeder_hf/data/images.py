@@ -31,7 +31,7 @@ def attach_images(
 
     Raises:
         FileNotFoundError: a listed image file does not exist (the message names the item). Whether a file
-            decodes is checked when features are extracted (`speeder_hf.encoders`).
+            decodes is checked when features are extracted (`speeder_hf.catalog.encoders`).
     """
     if isinstance(source, Mapping):
         paths = {str(k): str(v) for k, v in source.items()}

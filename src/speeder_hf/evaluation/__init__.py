@@ -1,0 +1,1 @@
+"""Evaluation: per-row outcomes and their metrics, title answers and the typed report."""

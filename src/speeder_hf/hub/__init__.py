@@ -1,0 +1,1 @@
+"""The model card, dataset citations and publishing to the Hub."""

@@ -1,0 +1,2 @@
+"""Training: the Trainer subclass, MPO (schedule, runner, checkpoints), LoRA and the fitting of the
+scores' fusion weights."""
