@@ -34,7 +34,8 @@ from benchmarks.methods import METHODS
 from speeder_hf import SpeederConfig
 from speeder_hf.backbones import load_llm
 from speeder_hf.data import make_split
-from speeder_hf.evaluation.ranking import collect_outcomes, evaluate_ranking
+from speeder_hf.evaluation import ranking
+from speeder_hf.evaluation.ranking import evaluate_ranking
 from speeder_hf.metrics import parse_title_answer
 from speeder_hf.processing.collator import SpeederDataCollator
 from speeder_hf.processing.prompts import PromptBuilder
@@ -579,11 +580,13 @@ def test_accuracy_continues_an_interrupted_evaluation_from_its_last_saved_batch(
 
     calls = []
 
-    def counted(model, tokenizer, rows, **kwargs):
-        calls.append(len(rows))
-        return collect_outcomes(model, tokenizer, rows, **kwargs)
+    answer_rows = ranking._answer_rows
 
-    monkeypatch.setattr(accuracy, "collect_outcomes", counted)
+    def counted(model, tokenizer, rows, **kwargs):  # the rows the library answers, not reads back from a part
+        calls.append(len(rows))
+        return answer_rows(model, tokenizer, rows, **kwargs)
+
+    monkeypatch.setattr(ranking, "_answer_rows", counted)
     again = accuracy.main([*run, "--out", str(tmp_path / "second"), "--resume"])["synthetic"]["methods"]["llara"]
     assert calls == [5]  # only the missing batch is evaluated again
     assert {k: again[k] for k in (*accuracy.METRIC_KEYS, "by_history_len", "examples")} == {
