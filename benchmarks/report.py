@@ -374,15 +374,20 @@ def sasrec_section(result: dict[str, Any]) -> list[str]:
     ]
 
 
-def full_backbone_section(results_dir: Path) -> list[str]:
-    """The title-answer baselines on the uncut backbone, with their constrained twins, beside Speeder on the same
-    backbone at equal training samples and at equal training time (each a run in a `FULL_BACKBONE_RUNS` folder, on
-    the same test users), with each row's cost: training seconds and evaluated rows per second."""
-    runs = {
+def full_backbone_runs(results_dir: Path) -> dict[str, dict[str, Any]]:
+    """The `accuracy.json` of each `FULL_BACKBONE_RUNS` folder that has one, in that order."""
+    return {
         folder: json.loads((results_dir / folder / "accuracy.json").read_text())
         for folder in FULL_BACKBONE_RUNS
         if (results_dir / folder / "accuracy.json").is_file()
     }
+
+
+def full_backbone_section(results_dir: Path) -> list[str]:
+    """The title-answer baselines on the uncut backbone, with their constrained twins, beside Speeder on the same
+    backbone at equal training samples and at equal training time (each a run in a `FULL_BACKBONE_RUNS` folder, on
+    the same test users), with each row's cost: training seconds and evaluated rows per second."""
+    runs = full_backbone_runs(results_dir)
     if not runs:
         return []
     hits = {
@@ -532,11 +537,7 @@ def headline(results_dir: Path = RESULTS_DIR) -> list[str]:
 def baselines_headline(results_dir: Path) -> list[str]:
     """Speeder against the title-answer baselines on the uncut backbone, per run of `FULL_BACKBONE_RUNS`: accuracy
     beside training cost, and each baseline's answers constrained to the candidates' titles."""
-    runs = {
-        folder: json.loads((results_dir / folder / "accuracy.json").read_text())
-        for folder in FULL_BACKBONE_RUNS
-        if (results_dir / folder / "accuracy.json").is_file()
-    }
+    runs = full_backbone_runs(results_dir)
     if not runs:
         return []
     lines = [
