@@ -272,7 +272,8 @@ def collect_outcomes(
             saved = {"rows": key, **dict(part_metadata or {}), **outcomes.to_dict()}
             write_json(path, saved)
         outcomes = RankingOutcomes.from_dict(saved)
-        metadata = {k: v for k, v in saved.items() if k not in outcomes.to_dict() and k != "rows"}
+        stored = outcomes.to_dict().keys() | {"rows"}  # what the part holds besides its metadata
+        metadata = {k: v for k, v in saved.items() if k not in stored}
         outcomes.parts = [{"begin": begin, "seconds": outcomes.seconds, **metadata}]
         parts.append(outcomes)
     if not parts:
