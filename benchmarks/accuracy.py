@@ -52,7 +52,8 @@ from speeder_hf.training.fusion_weights import fit_fusion_weights
 from speeder_hf.training.lora import merge_lora
 from speeder_hf.training.mpo import has_progress
 from speeder_hf.training.prior_calibration import PriorFusion, calibrate_priors, candidate_scores, prior_inputs
-from speeder_hf_train.finetune import PRIOR_FIT_ROWS, job_field
+from speeder_hf_train.arguments import BackboneArguments, SampleArguments, job_field
+from speeder_hf_train.finetune import PRIOR_FIT_ROWS
 
 from .arguments import parse_arguments, split_commas
 from .bench_data import DEFAULT_CATALOG_DIR, BenchData, load_bench_data
@@ -89,15 +90,13 @@ METRIC_KEYS = RANKING_METRICS
 
 
 @dataclass
-class AccuracyArguments:
-    """The flags of `python -m benchmarks.accuracy`. The knobs it shares with the main job are the job's fields
-    (`job_field`): the same spelling and meaning, and the same default unless this budget differs."""
+class AccuracyArguments(SampleArguments, BackboneArguments):
+    """The flags of `python -m benchmarks.accuracy`: the job's backbone and sample groups, and the job's other knobs
+    it takes (`job_field`) with the same spelling and meaning, and the same default unless this budget differs."""
 
     catalog_dir: Path = field(default=DEFAULT_CATALOG_DIR, metadata={"help": "prepare_catalogs output"})
     datasets: list[str] = field(default_factory=lambda: ["beauty", "movielens"], metadata={"help": "prepared datasets"})
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS), metadata={"help": f"among {ALL_METHODS}"})
-    llm: str = job_field("llm")
-    llm_layers: int | None = job_field("llm_layers")
     out: Path = field(default=RESULTS_DIR, metadata={"help": "folder for accuracy.json/.md/.png"})
     work_dir: Path | None = field(
         default=None, metadata={"help": "checkpoints (outputs/accuracy_work; --quick: a temp dir)"}
@@ -123,15 +122,11 @@ class AccuracyArguments:
     max_micro_tokens: int = field(default=32768, metadata={"help": "tokens per micro batch (memory)"})
     learning_rate: float = job_field("learning_rate")
     align_learning_rate: float = job_field("align_learning_rate")
-    lora_r: int = job_field("lora_r")
-    lora_alpha: int = job_field("lora_alpha")
     max_test_users: int = field(default=1000, metadata={"help": "seeded subset when the evaluated split is larger"})
     eval_split: str = job_field(
         "eval_split",
         help="test or validation: compare variants (stage shares, learning rates) on validation, never on test",
     )
-    num_candidates: int = job_field("num_candidates")
-    max_history_len: int = job_field("max_history_len")
     eval_batch_size: int = job_field("eval_batch_size", default=128, help="index-answer evaluation batch")
     generation_batch_size: int = field(default=128, metadata={"help": "title-generation batch"})
     max_new_tokens: int = field(default=64, metadata={"help": "LLaRA's generation length (stops at eos)"})
@@ -149,7 +144,6 @@ class AccuracyArguments:
             "list them)"
         },
     )
-    seed: int = job_field("seed")
     quick: bool = field(default=False, metadata={"help": "tiny random model and synthetic data (smoke test)"})
     plot_only: bool = field(default=False, metadata={"help": "rewrite accuracy.md/.png from <out>/accuracy.json"})
 

@@ -48,7 +48,7 @@ from speeder_hf.json_files import write_json
 from speeder_hf.processing.collator import SpeederDataCollator
 from speeder_hf.training.lora import apply_lora, merge_lora
 from speeder_hf.training.mpo import set_trainable
-from speeder_hf_train.finetune import job_field
+from speeder_hf_train.arguments import job_field
 
 from .arguments import parse_arguments, split_commas
 from .bench_data import DEFAULT_CATALOG_DIR, BenchData, load_bench_data

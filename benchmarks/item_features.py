@@ -22,7 +22,7 @@ import torch
 from speeder_hf.catalog.encoders import ImageEncoder, TextEncoder, encode_image_modality, encode_text_modality
 from speeder_hf.catalog.item_catalog import ItemCatalog
 from speeder_hf.data import load_dataset_by_name
-from speeder_hf_train.finetune import job_field
+from speeder_hf_train.arguments import job_field
 
 from .arguments import parse_arguments
 from .bookkeeping import command_line

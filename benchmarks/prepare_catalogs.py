@@ -34,7 +34,7 @@ from speeder_hf.catalog.encoders import ImageEncoder, TextEncoder, encode_image_
 from speeder_hf.catalog.item_catalog import ItemCatalog
 from speeder_hf.catalog.sasrec import SASRec, evaluate_sasrec, sasrec_item_features, train_sasrec
 from speeder_hf.data import RecDataset, load_dataset_by_name, make_split, training_sequences
-from speeder_hf_train.finetune import job_field
+from speeder_hf_train.arguments import SASRecArguments, job_field
 
 from .arguments import parse_arguments, split_commas
 from .bench_data import BenchData, save_bench_data
@@ -44,9 +44,9 @@ logger = logging.getLogger("benchmarks.prepare")
 
 
 @dataclass
-class PrepareArguments:
-    """The flags of `python -m benchmarks.prepare_catalogs`; the knobs it shares with the main job are the job's
-    fields (its SASRec budget is its own: these catalogs are made once)."""
+class PrepareArguments(SASRecArguments):
+    """The flags of `python -m benchmarks.prepare_catalogs`: the job's SASRec group, at a budget of its own (these
+    catalogs are made once), and the job's other knobs it takes (`job_field`)."""
 
     out: Path = field(default=REPO / "outputs" / "bench_catalogs", metadata={"help": "folder of the prepared data"})
     data_root: Path = field(default=REPO.parent / "shared" / "data", metadata={"help": "shared/data"})
@@ -64,8 +64,8 @@ class PrepareArguments:
         },
     )
     sasrec_epochs: int = job_field("sasrec_epochs", default=200)
-    sasrec_dropout: float = job_field("sasrec_dropout")
     sasrec_loss: str = job_field("sasrec_loss", default="ce")
+    sasrec_max_len: int = job_field("sasrec_max_len", default=50)
     sasrec_patience: int = field(default=6, metadata={"help": "evaluations (every 5 epochs) without gain"})
     cache_dir: Path | None = job_field("cache_dir")
     threads: int = field(default=1, metadata={"help": "torch threads (spinning threads stall a busy machine)"})
@@ -104,6 +104,7 @@ def sasrec_for(name: str, rec: RecDataset, args: PrepareArguments, holdout: int 
             training_sequences(rec, seed=args.seed, holdout=holdout),
             rec.num_items,
             split["validation"],
+            max_len=args.sasrec_max_len,
             dropout=args.sasrec_dropout,
             num_epochs=args.sasrec_epochs,
             loss=args.sasrec_loss,

@@ -25,7 +25,7 @@ from speeder_hf.json_files import write_json
 from speeder_hf.metrics import rank_metrics
 from speeder_hf.serving.bundle import load_pretrained_bundle
 from speeder_hf.serving.recommend import Recommender, Request, SASRecRetriever
-from speeder_hf_train.finetune import job_field
+from speeder_hf_train.arguments import job_field
 
 from .arguments import parse_arguments
 from .bookkeeping import RESULTS_DIR, command_line, machine_description, setup_logging, today

@@ -4,7 +4,7 @@
     python examples/finetune.py --dataset movielens --llm /path/to/llm --stage_steps 500 --max_train_samples -1
     accelerate launch examples/finetune.py --bf16 ...             # multi-GPU / DeepSpeed / FSDP, unchanged
 
-Every field of `speeder_hf_train.finetune.FinetuneArguments` is a flag (`--help` lists them).
+Every field of `speeder_hf_train.arguments.FinetuneArguments` is a flag (`--help` lists them).
 """
 
 import json
@@ -12,7 +12,8 @@ import logging
 
 from transformers import HfArgumentParser
 
-from speeder_hf_train.finetune import FinetuneArguments, run_finetune
+from speeder_hf_train.arguments import FinetuneArguments
+from speeder_hf_train.finetune import run_finetune
 
 
 def main() -> None:

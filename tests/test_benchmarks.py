@@ -20,7 +20,17 @@ from conftest import require_package, require_shared_data, tiny_llm, tiny_tokeni
 from PIL import Image
 from test_evaluation import writing_titles
 
-from benchmarks import accuracy, bench_data, bookkeeping, efficiency, mpo_share, quick, report, training
+from benchmarks import (
+    accuracy,
+    bench_data,
+    bookkeeping,
+    efficiency,
+    mpo_share,
+    prepare_catalogs,
+    quick,
+    report,
+    training,
+)
 from benchmarks.baselines import (
     LlaraCurriculumCallback,
     LlaraForSequentialRec,
@@ -39,7 +49,7 @@ from speeder_hf.evaluation.ranking import evaluate_ranking
 from speeder_hf.metrics import parse_title_answer
 from speeder_hf.processing.collator import SpeederDataCollator
 from speeder_hf.processing.prompts import PromptBuilder
-from speeder_hf_train.finetune import FinetuneArguments
+from speeder_hf_train.arguments import BackboneArguments, FinetuneArguments, SampleArguments, SASRecArguments
 
 TITLES = [f"{noun} {color}" for color in ("red", "blue", "green") for noun in "lipstick mascara soap cream gel".split()]
 ROWS = [
@@ -326,6 +336,11 @@ def quick_results(tmp_path_factory):
 
 
 def test_benchmark_flags_are_the_jobs_and_older_spellings_still_parse():
+    # The groups the accuracy benchmark shares with the job are the job's own dataclasses, not copies of them.
+    for group in (BackboneArguments, SampleArguments):
+        assert issubclass(FinetuneArguments, group) and issubclass(accuracy.AccuracyArguments, group)
+    assert issubclass(prepare_catalogs.PrepareArguments, SASRecArguments)
+    assert issubclass(FinetuneArguments, SASRecArguments)
     job = {f.name: f for f in dataclasses.fields(FinetuneArguments)}
     for arguments in (accuracy.AccuracyArguments, efficiency.EfficiencyArguments):
         for f in dataclasses.fields(arguments):

@@ -21,7 +21,8 @@ from finetune_runs import (
 )
 
 from speeder_hf.serving.recommend import Recommender
-from speeder_hf_train.finetune import FinetuneArguments, mpo_training_args
+from speeder_hf_train.arguments import FinetuneArguments
+from speeder_hf_train.finetune import mpo_training_args
 
 KILL_AT = "stage-1-text:7"  # mid-stage, two steps after its checkpoint-5
 

@@ -32,7 +32,7 @@ from transformers import HfArgumentParser
 from speeder_hf.data import DataFormatError
 from speeder_hf.serving.recommend import UnknownItemError
 
-from .finetune import FinetuneArguments, job_field
+from .arguments import FinetuneArguments, ItemFeatureArguments, SampleArguments, SASRecArguments, job_field
 
 logger = logging.getLogger(__name__)
 
@@ -59,20 +59,11 @@ def _split(rec, model_config, seed: int):
 
 # ----- subcommands ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
-class CatalogArguments:
-    """The flags of `build-catalog`: the catalog-related fields of `FinetuneArguments`, plus `out`."""
+class CatalogArguments(SampleArguments, SASRecArguments, ItemFeatureArguments):
+    """The flags of `build-catalog`: the job's item-feature, SASRec and sample groups, its dataset, and `out`."""
 
-    out: str = dataclasses.field(metadata={"help": "Folder to save the catalog (and sasrec/) to."})
+    out: str = dataclasses.field(kw_only=True, metadata={"help": "Folder to save the catalog (and sasrec/) to."})
     dataset: str = job_field("dataset")
-    modalities: str = job_field("modalities")
-    text_encoder: str | None = job_field("text_encoder")
-    text_max_length: int = job_field("text_max_length")
-    image_encoder: str | None = job_field("image_encoder")
-    cache_dir: str | None = job_field("cache_dir")
-    max_history_len: int = job_field("max_history_len")
-    num_candidates: int = job_field("num_candidates")
-    sasrec_epochs: int = job_field("sasrec_epochs")
-    seed: int = job_field("seed")
 
 
 @dataclasses.dataclass
