@@ -404,12 +404,15 @@ def full_backbone_section(results_dir: Path) -> list[str]:
             f"**{dataset}**: {data['test_users']} test users, {data['candidates']}.",
             "",
             "| method | budget | " + " | ".join(FULL_BACKBONE_METRICS) + " | validation ValidRatio | training "
-            "samples | train s | eval rows/s | paired test vs llara |",
+            "samples | train s | eval rows/s | paired test vs llara (same run, else equal samples) |",
             "|---|---|" + "---:|" * (len(FULL_BACKBONE_METRICS) + 5),
         ]
-        reference = hits.get("full_backbone", {}).get(dataset, {}).get("llara")
         for folder, result in runs.items():
             methods = result.get(dataset, {}).get("methods", {})
+            # Against the llara of the same run, else the equal-samples run's (the one an equal-time run is timed to).
+            reference = (hits[folder].get(dataset) or {}).get("llara") or (
+                hits.get("full_backbone", {}).get(dataset, {}).get("llara")
+            )
             known = [m for m in METHOD_ORDER if m in methods] + [m for m in methods if m not in METHOD_ORDER]
             for name in known:
                 row = methods[name]
@@ -426,6 +429,16 @@ def full_backbone_section(results_dir: Path) -> list[str]:
                     f"| {_fmt(row.get('train_seconds'), 0)} | {_fmt(rate, 2)} | {paired} |"
                 )
         lines.append("")
+        for name in TITLE_BASELINES:  # does the budget let the free answers name a candidate? (saturation)
+            points = [
+                (row["train_samples_seen"], row["validation"])
+                for result in runs.values()
+                if "validation" in (row := result.get(dataset, {}).get("methods", {}).get(name, {}))
+            ]
+            if len(points) > 1:
+                curve = ", ".join(f"{samples}: {_fmt(v['ValidRatio'], 3)}" for samples, v in sorted(points))
+                users = points[0][1]["users"]
+                lines += [f"{name}'s validation ValidRatio ({users} users) by training samples: {curve}.", ""]
         llara = first[dataset]["methods"].get("llara", {})
         timed = runs.get("full_backbone_equal_time", {}).get(dataset, {}).get("methods", {}).get("speeder", {})
         if llara.get("train_seconds") and timed.get("train_seconds", math.inf) < llara["train_seconds"]:
