@@ -578,8 +578,7 @@ def baselines_headline(results_dir: Path) -> list[str]:
     first = next(iter(runs.values()))
     caption = (
         f"{first['backbone']}, measured on a {first['machine']['device']}; the first test users of one seeded order in "
-        "every run. "
-        "Commands and per-run details: docs/RESULTS.md."
+        "every run. Commands and per-run details: docs/RESULTS.md."
     )
     return lines + ["", *textwrap.wrap(caption, width=120, break_on_hyphens=False)]
 

@@ -734,6 +734,23 @@ def test_full_backbone_section_sets_each_baseline_beside_speeder_with_its_cost(q
     assert rows["llara"][7] == f"{methods['llara']['validation']['ValidRatio']:.4f}"
 
 
+def test_full_backbone_section_names_the_user_count_of_a_run_that_evaluated_fewer(quick_results, tmp_path):
+    out, _, _ = quick_results
+    result = json.loads((out / "accuracy.json").read_text())
+    for folder, users in (("full_backbone", None), ("full_backbone_mllm", 5)):
+        (tmp_path / folder).mkdir()
+        if users is not None:
+            result["synthetic"]["data"]["test_users"] = users
+        (tmp_path / folder / "accuracy.json").write_text(json.dumps(result))
+    budgets = [
+        line.split(" | ")[1] for line in report.full_backbone_section(tmp_path) if line.startswith("| speeder |")
+    ]
+    assert budgets == [
+        report.FULL_BACKBONE_RUNS["full_backbone"],
+        f"{report.FULL_BACKBONE_RUNS['full_backbone_mllm']} (5 users)",
+    ]
+
+
 def test_a_method_reading_a_modality_the_dataset_lacks_names_both(tmp_path):
     from benchmarks.methods import build_model
 
