@@ -398,8 +398,9 @@ def full_backbone_section(results_dir: Path) -> list[str]:
     lines = ["## Baselines at the full backbone", ""]
     for folder, result in runs.items():
         lines += [f"**{FULL_BACKBONE_RUNS[folder]}** (`{folder}/accuracy.json`):", *_provenance(result), ""]
-    first = next(iter(runs.values()))
-    for dataset in [k for k, v in first.items() if isinstance(v, dict) and "budget" in v]:
+    datasets = dict.fromkeys(k for r in runs.values() for k, v in r.items() if isinstance(v, dict) and "budget" in v)
+    for dataset in datasets:
+        first = next(r for r in runs.values() if dataset in r)  # the dataset's first run sets its users and llara
         data = first[dataset]["data"]
         lines += [
             f"**{dataset}**: {data['test_users']} test users unless a budget names fewer, {data['candidates']}.",

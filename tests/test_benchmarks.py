@@ -751,6 +751,24 @@ def test_full_backbone_section_names_the_user_count_of_a_run_that_evaluated_fewe
     ]
 
 
+def test_full_backbone_section_gives_a_dataset_only_a_later_run_holds_its_own_table(quick_results, tmp_path):
+    out, _, _ = quick_results
+    result = json.loads((out / "accuracy.json").read_text())
+    (tmp_path / "full_backbone").mkdir()
+    (tmp_path / "full_backbone" / "accuracy.json").write_text(json.dumps(result))
+    result["other"] = result.pop("synthetic")
+    (tmp_path / "full_backbone_512").mkdir()
+    (tmp_path / "full_backbone_512" / "accuracy.json").write_text(json.dumps(result))
+    section = report.full_backbone_section(tmp_path)
+    tables = [line.split(":")[0] for line in section if line.endswith(f"{result['other']['data']['candidates']}.")]
+    assert tables == ["**synthetic**", "**other**"]
+    speeder_budgets = [line.split(" | ")[1] for line in section if line.startswith("| speeder |")]
+    assert speeder_budgets == [
+        report.FULL_BACKBONE_RUNS["full_backbone"],
+        report.FULL_BACKBONE_RUNS["full_backbone_512"],
+    ]
+
+
 def test_a_method_reading_a_modality_the_dataset_lacks_names_both(tmp_path):
     from benchmarks.methods import build_model
 
