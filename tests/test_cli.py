@@ -195,6 +195,7 @@ def test_train_saves_a_model_that_recommends(trained, tiny_data):
     assert [stage["name"] for stage in results["mpo_stages"]] == ["align", "id"]
     assert [stage["max_steps"] for stage in results["mpo_stages"]] == [1, 2]  # --final_stage_steps
     assert results["train_samples_seen"] == 3 * 2 and results["split"] == "test"
+    assert results["split_strategy"] == "leave_one_out"
     # Both SASRecs (all training items; each user's last held out) cached for a rerun
     assert len(list((tiny_data / "cache").glob("sasrec-*/model.safetensors"))) == 2
     prior = results["priors"]

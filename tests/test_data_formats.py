@@ -347,6 +347,7 @@ def test_train_and_evaluate_on_a_llara_folder(tmp_path, tiny_llm_folder, pairs, 
     data = llara_folder(tmp_path / "toy", pairs)
     results = _train(data, tmp_path / "run", tiny_llm_folder)
     assert results["dataset"] == "toy" and results["metrics"]["num_samples"] == 2
+    assert results["split_strategy"] == "given"  # the folder's own test windows, as the card then says
     # Trained on the three training windows' targets (held out from the SASRec of the id features)
     assert results["priors"]["calibration_users"] == 2  # the validation file's windows
     out = tmp_path / "metrics.json"

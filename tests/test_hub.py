@@ -17,6 +17,7 @@ from huggingface_hub import ModelCard
 from test_pipeline import NUM_ITEMS, tiny_catalog, tiny_sasrec
 
 import speeder_hf.serving.pipeline_speeder  # noqa: F401  (registers the task)
+from speeder_hf.data import STRATEGY_TARGETS
 from speeder_hf.evaluation.ranking import evaluate_ranking
 from speeder_hf.evaluation.report import card_examples
 from speeder_hf.hub.citations import dataset_info
@@ -148,6 +149,14 @@ def test_card_training_and_citation_sections(card):
     assert "x86_64 CPU, 2 threads" in text
     assert "arXiv:2511.05885" in text and "mcauley2015image" in text and "kang2018sasrec" in text
     assert "The image modality had no data" in text  # the tiny model has an image expert, no stage used it
+
+
+def test_card_states_the_split_strategy_its_report_records(saved):
+    results = json.loads(json.dumps(saved[4]))
+    assert "users, with the protocol" in build_model_card(saved[3], results).text  # an older report claims none
+    results["split_strategy"] = "given"  # a LLaRA folder's own windows
+    text = build_model_card(saved[3], results).text
+    assert f"users, with {STRATEGY_TARGETS['given']} and the protocol" in text and "leave-one-out" not in text
 
 
 @pytest.mark.parametrize(

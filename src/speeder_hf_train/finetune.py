@@ -356,6 +356,7 @@ def run_finetune(args: FinetuneArguments) -> dict[str, Any]:
     report = EvaluationReport(
         dataset=rec.name,
         split=args.eval_split,
+        split_strategy=json.loads(test.info.description)["strategy"],
         metrics=metrics,
         priors=prior_record,
         train_samples_seen=sum(s.max_steps for s in stages) * samples_per_step,

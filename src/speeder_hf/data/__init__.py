@@ -11,11 +11,12 @@ from .reading import DataFormatError
 from .rec_dataset import ItemInfo, RecDataset, compose_text
 from .recbole import load_recbole
 from .s3rec import load_s3rec
-from .split import STRATEGIES, last_training_rows, make_split, training_sequences
+from .split import STRATEGIES, STRATEGY_TARGETS, last_training_rows, make_split, training_sequences
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "STRATEGIES",
+    "STRATEGY_TARGETS",
     "CandidateSampler",
     "CandidateSamplingDataset",
     "DataFormatError",

@@ -13,7 +13,13 @@ import numpy as np
 from .candidates import CandidateSampler, sample_rng
 from .rec_dataset import RecDataset, columns_to_dataset
 
-STRATEGIES = ("leave_one_out", "user", "given")
+# Each strategy, and its evaluation targets in words (the model card's).
+STRATEGY_TARGETS = {
+    "leave_one_out": "leave-one-out targets (each user's last item)",
+    "user": "the last item of each held-out user",
+    "given": "the last item of each evaluation sequence the dataset's files give",
+}
+STRATEGIES = tuple(STRATEGY_TARGETS)
 # The sequences' column that names each sequence's split under the "given" strategy, and its values.
 SPLIT_COLUMN, SPLIT_NAMES = "split", ("train", "validation", "test")
 # Random streams of the evaluation candidates; training epochs use streams 0, 1, 2, ...
@@ -225,4 +231,4 @@ def _empty_columns(timed: bool) -> dict[str, list]:
     return {name: [] for name in names}
 
 
-__all__ = ["SPLIT_COLUMN", "STRATEGIES", "last_training_rows", "make_split", "training_sequences"]
+__all__ = ["SPLIT_COLUMN", "STRATEGIES", "STRATEGY_TARGETS", "last_training_rows", "make_split", "training_sequences"]

@@ -41,6 +41,8 @@ class EvaluationReport:
         date: the day of the run, `YYYY-MM-DD`.
         baselines: `{name: metrics}` of other models on the same users and candidates.
         base_model: the backbone's Hub id, where the arguments do not tell it.
+        split_strategy: how the evaluated users' targets were chosen, a key of
+            `speeder_hf.data.STRATEGY_TARGETS` (`make_split`'s strategy).
         extra: keys of the file that the report does not know, kept so that it is written back as it was read.
     """
 
@@ -59,6 +61,7 @@ class EvaluationReport:
     date: str | None = None
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     base_model: str | None = None
+    split_strategy: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..backbones import SMOLLM2_HUB_ID, is_smollm2
 from ..catalog.item_catalog import ItemCatalog
+from ..data.split import STRATEGY_TARGETS
 from ..evaluation.report import RESULTS_FILE, EvaluationReport, read_examples
 from ..metrics import RANKING_METRICS
 from ..serving.bundle import SASREC_DIR
@@ -386,7 +387,7 @@ def build_model_card(
             f"```bibtex\n{SASREC_CITATION}\n```",
         ]
     date = f" on {report.date}" if report.date else ""
-    split_strategy = str(args.get("split_strategy", "leave_one_out")).replace("_", "-")
+    targets = f"{STRATEGY_TARGETS[report.split_strategy]} and " if report.split_strategy in STRATEGY_TARGETS else ""
     card = ModelCard.from_template(
         card_data,
         template_str=template.read_text(encoding="utf-8"),
@@ -409,7 +410,7 @@ def build_model_card(
         model_snippet=model_only,
         evaluation_intro=(
             f"These results are on the {report.split} split of {info.pretty}: {metrics['num_samples']} users, "
-            f"with {split_strategy} targets and the protocol {metrics['protocol']}. They were measured{date} with "
+            f"with {targets}the protocol {metrics['protocol']}. They were measured{date} with "
             "`speeder_hf.evaluation.ranking.evaluate_ranking`."
         ),
         metrics_table=_metrics_table(metrics),
