@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import torch
 from peft import PeftModel
-from transformers import TrainerCallback
 
 from speeder_hf.catalog.sasrec import sasrec_ranks
 from speeder_hf.data import CandidateSamplingDataset, last_training_rows, make_split
@@ -45,22 +44,20 @@ from speeder_hf.evaluation.ranking import collect_outcomes, rows_fingerprint
 from speeder_hf.json_files import write_json
 from speeder_hf.metrics import RANKING_METRICS, bucket_indices, mcnemar_test, rank_metrics, target_ranks
 from speeder_hf.model.collaborative_prior import CollaborativePrior
-from speeder_hf.model.configuration_speeder import SpeederConfig
-from speeder_hf.model.content_prior import ContentPrior, default_modalities
-from speeder_hf.model.item_features import ItemFeatureTable
-from speeder_hf.training.fusion_weights import fit_fusion_weights
+from speeder_hf.model.content_prior import default_modalities
 from speeder_hf.training.lora import merge_lora
-from speeder_hf.training.mpo import has_progress
-from speeder_hf.training.prior_calibration import PriorFusion, calibrate_priors, candidate_scores, prior_inputs
+from speeder_hf.training.prior_calibration import PriorFusion, calibrate_priors, prior_inputs
 from speeder_hf_train.arguments import BackboneArguments, SampleArguments, job_field
 from speeder_hf_train.finetune import PRIOR_FIT_ROWS
 
 from .arguments import parse_arguments, split_commas
 from .bench_data import DEFAULT_CATALOG_DIR, BenchData, load_bench_data
 from .bookkeeping import RESULTS_DIR, add_run, describe_backbone, machine_description, setup_logging, today
+from .learning_curve import LearningCurve, plot_curves, time_to_sasrec
 from .methods import METHODS, SASREC, build_model, collator_class
 from .quick import synthetic_data, write_tiny_backbone
-from .report import METHOD_ORDER, accuracy_section
+from .report import METHOD_ORDER, accuracy_section, dataset_names
+from .sittings import SITTINGS_FILE, TrainClock, start_sitting
 from .training import micro_batch_for, train_method
 
 logger = logging.getLogger("benchmarks.accuracy")
@@ -291,24 +288,12 @@ def evaluate_prior_rows(data: BenchData, test, batch_size: int = 512) -> tuple[n
     return ranks == 0, ranks_row(ranks, test, candidate_protocol(test, "the collaborative prior's scores"))
 
 
-def standalone_priors(data: BenchData, modalities: Sequence[str] | None = None) -> PriorFusion:
-    """The priors Speeder's recipe adds after training, outside a model: the prepared SASRec and the content prior
-    over `modalities` (default: the catalog's, but id), their weights unfitted."""
-    table_modalities = list(data.catalog.modalities)
-    config = SpeederConfig(modalities=table_modalities, modality_dims=data.catalog.modality_dims(table_modalities))
-    table = ItemFeatureTable(config)
-    table.set(*data.catalog.feature_tensors(table_modalities))
-    modalities = default_modalities(table_modalities) if modalities is None else list(modalities)
-    content = ContentPrior(modalities, table_modalities) if modalities else None
-    return PriorFusion(CollaborativePrior.from_sasrec(data.sasrec), content, table)
-
-
 def evaluate_priors_rows(
     data: BenchData, test, calibration, batch_size: int = 512
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Both priors without the LLM: SASRec's scores plus the content similarities, with weights fitted on the
     calibration users as the speeder row's are. What the LLM adds is the speeder row's difference to this one."""
-    fusion = standalone_priors(data)
+    fusion = data.priors()
     weights = fusion.fit(list(calibration))
     ranks = []
     for begin in range(0, len(test), batch_size):
@@ -341,9 +326,6 @@ def paired_tests(results: dict[str, Any], hits: dict[str, Any]) -> None:
             row[key] = {k: round(v, 6) if isinstance(v, float) else v for k, v in mcnemar_test(first, second).items()}
 
 
-SITTINGS_FILE = "sittings.json"
-
-
 def training_settings(name: str, data: BenchData, args: AccuracyArguments) -> dict[str, Any]:
     """What must be unchanged for an interrupted training run to be continued rather than restarted."""
     keys = ("llm", "llm_layers", "train_samples", "batch_size", "max_micro_tokens", "learning_rate",
@@ -354,162 +336,6 @@ def training_settings(name: str, data: BenchData, args: AccuracyArguments) -> di
     if args.quick:  # the seeded tiny backbone, rewritten into a new temporary folder by every run
         settings["llm"] = "tiny random Llama (quick)"
     return settings
-
-
-def start_sitting(work: Path, settings: dict[str, Any], resume: bool) -> dict[str, Any]:
-    """Opens a training sitting in `work`: the next one of a run left there with the same settings and at least one
-    checkpoint (with `resume`), else a fresh run (the folder is emptied). Returns the updated `sittings.json`."""
-    record_file = work / SITTINGS_FILE
-    record = json.loads(record_file.read_text()) if record_file.is_file() else None
-    if resume and record is not None and record["settings"] == settings and has_progress(work):
-        record["sittings"] += 1
-        logger.info(
-            "%s: continuing sitting %d (%.0f s trained so far)", work, record["sittings"], record["train_seconds"]
-        )
-    else:
-        if resume and record is not None:
-            logger.info("%s: settings changed or no checkpoint yet; training from the start", work)
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        commit = machine_description()["git_commit_at_start"]
-        record = {"settings": settings, "commit": commit, "sittings": 1, "train_seconds": 0.0}
-    write_json(record_file, record)
-    return record
-
-
-class TrainClock(TrainerCallback):
-    """Training seconds over all sittings: at each checkpoint it writes the total so far into `sittings.json`, so
-    a continued run adds its own time to what the checkpoint had cost (steps redone after a kill count once).
-    `finish` fixes the totals when training is over, so a sitting that only continues the evaluation adds nothing."""
-
-    def __init__(self, record_file: Path, earlier_seconds: float):
-        self.record_file, self.earlier = record_file, earlier_seconds
-        self.start = time.perf_counter()
-        self.took_part = False  # a stage's training ran (or was completed) in this sitting
-
-    def seconds(self) -> float:
-        return self.earlier + time.perf_counter() - self.start
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.took_part = True
-
-    def on_save(self, args, state, control, **kwargs):
-        record = json.loads(self.record_file.read_text())
-        write_json(self.record_file, {**record, "train_seconds": round(self.seconds(), 1)})
-
-    def finish(self) -> dict[str, Any]:
-        """Records the training time and the sittings training took (when this sitting trained, or training had not
-        been recorded as finished), and returns `sittings.json`."""
-        record = json.loads(self.record_file.read_text())
-        if self.took_part or "trained_in_sittings" not in record:
-            record.update(train_seconds=round(self.seconds(), 1), trained_in_sittings=record["sittings"])
-            write_json(self.record_file, record)
-        return record
-
-
-class LearningCurve(TrainerCallback):
-    """Validation VHR@1 of the model being trained, as it would be deployed: its prior reading the full SASRec, or,
-    for a model trained without one, fused with it at a weight cross-fitted over the curve users. Measured before
-    training, every `every` optimizer steps and at each stage's end, on fixed validation users, against the
-    training samples seen and the training seconds so far (this evaluation's own time left out). `summary` gives
-    the first point above SASRec's HR@1 on the same users (`time_to_sasrec_s`)."""
-
-    def __init__(
-        self,
-        tokenizer,
-        data: BenchData,
-        rows,
-        clock: TrainClock,
-        every: int,
-        samples_per_step: int,
-        modalities: Sequence[str] | None = None,
-    ):
-        self.tokenizer, self.data = tokenizer, data
-        self.clock, self.every, self.samples_per_step = clock, every, samples_per_step
-        self.points: list[dict[str, Any]] = []
-        self.spent = 0.0  # seconds of curve evaluation, not training
-        self.rows = [dict(row) for row in rows]
-        # For a model without a prior in training: the priors' features of the same candidates, to fuse with.
-        fusion = standalone_priors(data, modalities)
-        history, candidates, self.targets = prior_inputs(self.rows, fusion.history_len)  # (N, L), (N, C), (N,)
-        self.fusion = fusion.features(history, candidates)  # (N, C, K)
-        self.valid = candidates >= 0
-        self.steps_done = 0  # optimizer steps over all stages
-        self.samples_before = 0  # samples of the finished stages
-
-    def measure(self, model, samples: int) -> None:
-        started = time.perf_counter()
-        was_training = model.training
-        model.eval()
-        # Measured as it would be deployed: the prior reads the full SASRec (training's reads the held-out one).
-        prior = getattr(model, "collaborative_prior", None)
-        held = None
-        if prior is not None and self.data.held_out_sasrec is not None:
-            held = {key: value.clone() for key, value in prior.sasrec.state_dict().items()}
-            prior.sasrec.load_state_dict(self.data.sasrec.state_dict())
-        try:
-            scores = self.scores(model)  # (N, C)
-        finally:
-            if held is not None:
-                prior.sasrec.load_state_dict(held)
-            model.train(was_training)
-        point = {"train_samples": samples, "VHR@1": float((scores.argmax(1) == self.targets).double().mean())}
-        if prior is None:
-            point["llm_VHR@1"], point["VHR@1"] = point["VHR@1"], self.fused_hr1(scores)
-        self.spent += time.perf_counter() - started
-        self.points.append({**point, "train_seconds": round(self.clock.seconds() - self.spent, 1)})
-
-    def scores(self, model) -> torch.Tensor:
-        """The model's candidate scores `(N, C)` of the curve users, candidates in row order."""
-        titles, texts = self.data.catalog.titles, self.data.catalog.texts
-        return candidate_scores(model, self.tokenizer, self.rows, titles, texts, batch_size=64).cpu()
-
-    def fused_hr1(self, llm_scores: torch.Tensor) -> float:
-        """HR@1 of the LLM's and the priors' scores with their weights cross-fitted over two halves of the curve
-        users (fitted on one half, measured on the other), so no user's own outcome sets its weights."""
-        halves = torch.arange(len(self.targets)) % 2 == 0
-        hits = torch.zeros(len(self.targets), dtype=torch.bool)
-        features = torch.cat([llm_scores.float()[..., None], self.fusion], -1)  # (N, C, 1 + P)
-        for fit, measured in ((halves, ~halves), (~halves, halves)):
-            weights = fit_fusion_weights(features[fit], self.targets[fit], self.valid[fit])
-            fused = features[measured].double() @ weights
-            hits[measured] = fused.argmax(1) == self.targets[measured]
-        return float(hits.double().mean())
-
-    def seen(self, state, train_dataloader) -> int:
-        """Samples trained on so far: the finished stages' and this stage's steps (its last batch may be short)."""
-        return self.samples_before + min(state.global_step * self.samples_per_step, len(train_dataloader.dataset))
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if not self.points:
-            self.measure(model, 0)
-
-    def on_step_end(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-        self.steps_done += 1
-        if self.steps_done % self.every == 0:
-            self.measure(model, self.seen(state, train_dataloader))
-
-    def on_train_end(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-        samples = self.seen(state, train_dataloader)
-        if self.points[-1]["train_samples"] != samples:
-            self.measure(model, samples)
-        self.samples_before = samples
-
-    def summary(self, reference: float) -> dict[str, Any]:
-        curve = {"validation_users": len(self.rows), "sasrec_validation_HR@1": reference, "points": self.points}
-        return {**curve, **time_to_sasrec(curve)}
-
-
-def time_to_sasrec(curve: dict[str, Any]) -> dict[str, Any]:
-    """The first curve point above SASRec's validation HR@1: its training seconds and samples (None: never).
-    Rates over the same users are compared as hit counts, so an equal rate never passes by float rounding."""
-    users = curve["validation_users"]
-    reference = round(curve["sasrec_validation_HR@1"] * users)
-    passed = next((p for p in curve["points"] if round(p["VHR@1"] * users) > reference), None)
-    return {
-        "time_to_sasrec_s": passed["train_seconds"] if passed else None,
-        "samples_to_sasrec": passed["train_samples"] if passed else None,
-    }
 
 
 def run_method(
@@ -822,10 +648,6 @@ def forget_row(runs: list[dict[str, Any]], row: str, keep: dict[str, Any]) -> No
 
 
 # ----- outputs --------------------------------------------------------------------------------------------------
-def dataset_names(results: dict[str, Any]) -> list[str]:
-    return [key for key, value in results.items() if isinstance(value, dict) and "budget" in value]
-
-
 def plot(results: dict[str, Any], path: Path) -> None:
     """Grouped bars: VHR@1 of every method, one group per dataset."""
     import matplotlib
@@ -848,35 +670,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def plot_curves(results: dict[str, Any], path: Path) -> bool:
-    """Validation VHR@1 of the speeder row against training seconds, with SASRec's level, one panel per dataset;
-    False when no row has a curve."""
-    curves = {n: results[n]["methods"]["speeder"]["learning_curve"] for n in dataset_names(results)
-              if "learning_curve" in results[n]["methods"].get("speeder", {})}  # fmt: skip
-    if not curves:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4), squeeze=False)
-    for ax, (name, curve) in zip(axes[0], curves.items()):
-        seconds = [p["train_seconds"] for p in curve["points"]]
-        ax.plot(seconds, [p["VHR@1"] for p in curve["points"]], marker="o", label="Speeder")
-        if all("llm_VHR@1" in p for p in curve["points"]):
-            ax.plot(seconds, [p["llm_VHR@1"] for p in curve["points"]], marker=".", label="its LLM alone (no prior)")
-        ax.axhline(curve["sasrec_validation_HR@1"], color="gray", linestyle="--", label="SASRec")
-        ax.set_xlabel("training seconds")
-        ax.set_ylabel(f"validation VHR@1 ({curve['validation_users']} users)")
-        ax.set_title(name)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
 
 
 def write_outputs(results: dict[str, Any], out: Path) -> None:

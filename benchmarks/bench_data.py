@@ -14,6 +14,7 @@ A prepared data folder `<catalog_dir>/<dataset>/` holds:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,11 @@ from safetensors.numpy import load_file, save_file
 from speeder_hf.catalog.item_catalog import ItemCatalog
 from speeder_hf.catalog.sasrec import SASRec
 from speeder_hf.data import RecDataset
+from speeder_hf.model.collaborative_prior import CollaborativePrior
+from speeder_hf.model.configuration_speeder import SpeederConfig
+from speeder_hf.model.content_prior import ContentPrior, default_modalities
+from speeder_hf.model.item_features import ItemFeatureTable
+from speeder_hf.training.prior_calibration import PriorFusion
 
 from .bookkeeping import REPO
 
@@ -63,6 +69,17 @@ class BenchData:
     @property
     def has_images(self) -> bool:
         return self.spatial is not None
+
+    def priors(self, modalities: Sequence[str] | None = None) -> PriorFusion:
+        """The priors Speeder's recipe adds after training, outside a model: the prepared SASRec and the content
+        prior over `modalities` (default: the catalog's, but id), their weights unfitted."""
+        table_modalities = list(self.catalog.modalities)
+        config = SpeederConfig(modalities=table_modalities, modality_dims=self.catalog.modality_dims(table_modalities))
+        table = ItemFeatureTable(config)
+        table.set(*self.catalog.feature_tensors(table_modalities))
+        modalities = default_modalities(table_modalities) if modalities is None else list(modalities)
+        content = ContentPrior(modalities, table_modalities) if modalities else None
+        return PriorFusion(CollaborativePrior.from_sasrec(self.sasrec), content, table)
 
 
 def save_bench_data(directory: Path, data: BenchData) -> int:

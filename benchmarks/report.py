@@ -57,6 +57,11 @@ TITLE_BASELINES = ("llara", "text", "mllm")
 FULL_BACKBONE_METRICS = ("VHR@1", "ValidRatio", "HR@5", "NDCG@10", "MRR")
 
 
+def dataset_names(results: dict[str, Any]) -> list[str]:
+    """The datasets of an `accuracy.json` (its entries with a training budget), in the file's order."""
+    return [key for key, value in results.items() if isinstance(value, dict) and "budget" in value]
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -171,7 +176,7 @@ def accuracy_section(result: dict[str, Any], image: str) -> list[str]:
     if "wall_seconds" in result:
         lines += _wall_and_runs(result, "methods")
     lines += ["", f"![accuracy]({image})", ""]
-    datasets = [k for k, v in result.items() if isinstance(v, dict) and "budget" in v]
+    datasets = dataset_names(result)
     for dataset in datasets:
         entry = result[dataset]
         budget, data = entry["budget"], entry["data"]
@@ -398,7 +403,7 @@ def full_backbone_section(results_dir: Path) -> list[str]:
     lines = ["## Baselines at the full backbone", ""]
     for folder, result in runs.items():
         lines += [f"**{FULL_BACKBONE_RUNS[folder]}** (`{folder}/accuracy.json`):", *_provenance(result), ""]
-    datasets = dict.fromkeys(k for r in runs.values() for k, v in r.items() if isinstance(v, dict) and "budget" in v)
+    datasets = dict.fromkeys(name for result in runs.values() for name in dataset_names(result))
     for dataset in datasets:
         first = next(r for r in runs.values() if dataset in r)  # the dataset's first run sets its users and llara
         data = first[dataset]["data"]
@@ -518,7 +523,7 @@ def headline(results_dir: Path = RESULTS_DIR) -> list[str]:
         "(paired test) | the LLM alone | prompt tokens vs LLaRA | training / inference speed vs LLaRA |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    datasets = [k for k, v in accuracy.items() if isinstance(v, dict) and "budget" in v]
+    datasets = dataset_names(accuracy)
     for dataset in datasets:
         entry = accuracy[dataset]
         methods = entry["methods"]
@@ -565,7 +570,7 @@ def baselines_headline(results_dir: Path) -> list[str]:
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for folder, result in runs.items():
-        for dataset in [k for k, v in result.items() if isinstance(v, dict) and "budget" in v]:
+        for dataset in dataset_names(result):
             methods = result[dataset]["methods"]
             for name in [m for m in (*TITLE_BASELINES, "speeder") if m in methods]:
                 row, twin = methods[name], methods.get(f"{name}_constrained", {})
