@@ -50,6 +50,7 @@ TOKEN_TARGET, TRAIN_TARGET, INFER_TARGET = 0.25, 3.0, 5.0
 FULL_BACKBONE_RUNS = {
     "full_backbone": "equal samples",
     "full_backbone_512": "equal samples, 512",
+    "full_backbone_943": "equal samples, 943",
     "full_backbone_equal_time": "equal training time",
     "full_backbone_mllm": "equal samples, 32",
 }
