@@ -17,7 +17,7 @@ from speeder_hf.training.mpo import has_progress
 
 from .bookkeeping import machine_description
 
-logger = logging.getLogger("benchmarks.accuracy")
+logger = logging.getLogger("benchmarks.sittings")
 
 SITTINGS_FILE = "sittings.json"
 
