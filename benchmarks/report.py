@@ -509,11 +509,11 @@ def llara_split_section(result: dict[str, Any]) -> list[str]:
     return lines + ["", verdict, ""]
 
 
-def headline(results_dir: Path = RESULTS_DIR) -> list[str]:
+def headline(results_dir: Path = RESULTS_DIR, page_dir: Path = REPO) -> list[str]:
     """The headline table (the README's results table): per accuracy dataset, Speeder against the SASRec it reads on
     the same test users and candidates, its two parts apart (the priors without the LLM, the LLM without the
     priors), and the efficiency ratios against the LLaRA-style prompt at history 10 where the efficiency benchmark
-    measured that dataset."""
+    measured that dataset. Its links are relative to `page_dir`, the folder of the page it goes into."""
     accuracy_path, efficiency_path = results_dir / "accuracy.json", results_dir / "efficiency.json"
     if not accuracy_path.is_file():
         return ["Not produced yet: run `python -m benchmarks.accuracy`."]
@@ -555,10 +555,10 @@ def headline(results_dir: Path = RESULTS_DIR) -> list[str]:
                 f" Efficiency: {efficiency['backbone']}, histories of 10 items, measured on {efficiency['date']}."
             )
         lines += ["", *textwrap.wrap(caption, width=120, break_on_hyphens=False)]
-    return lines + baselines_headline(results_dir)
+    return lines + baselines_headline(results_dir, page_dir)
 
 
-def baselines_headline(results_dir: Path) -> list[str]:
+def baselines_headline(results_dir: Path, page_dir: Path) -> list[str]:
     """Speeder against the title-answer baselines on the uncut backbone, per run of `FULL_BACKBONE_RUNS`: accuracy
     beside training cost, and each baseline's answers constrained to the candidates' titles."""
     runs = full_backbone_runs(results_dir)
@@ -571,6 +571,8 @@ def baselines_headline(results_dir: Path) -> list[str]:
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for folder, result in runs.items():
+        page = Path(os.path.relpath(results_dir / folder / "accuracy.md", page_dir)).as_posix()
+        budget = f"[{FULL_BACKBONE_RUNS[folder]}]({page})"
         for dataset in dataset_names(result):
             methods = result[dataset]["methods"]
             for name in [m for m in (*TITLE_BASELINES, "speeder") if m in methods]:
@@ -578,14 +580,14 @@ def baselines_headline(results_dir: Path) -> list[str]:
                 constrained = f"{_fmt(twin['VHR@1'])} / {_fmt(twin.get('HR@5'))}" if twin else "–"
                 lines.append(
                     f"| {dataset} ({result[dataset]['data']['test_users']} users) | {name} | "
-                    f"{FULL_BACKBONE_RUNS[folder]} | {row.get('train_samples_seen', '–')} | "
+                    f"{budget} | {row.get('train_samples_seen', '–')} | "
                     f"{_fmt(row.get('train_seconds'), 0)} | {_fmt(row['VHR@1'])} | {_fmt(row.get('ValidRatio'))} | "
                     f"{constrained} |"
                 )
     first = next(iter(runs.values()))
     caption = (
         f"{first['backbone']}, measured on a {first['machine']['device']}; the first test users of one seeded order in "
-        "every run. Commands and per-run details: docs/RESULTS.md."
+        "every run. Each budget links to its run's command and settings; all runs side by side: docs/RESULTS.md."
     )
     return lines + ["", *textwrap.wrap(caption, width=120, break_on_hyphens=False)]
 
@@ -601,7 +603,7 @@ def render(results_dir: Path, output: Path) -> str:
         "",
         "## Headline",
         "",
-        *headline(results_dir),
+        *headline(results_dir, output.parent),
         "",
     ]
     for name, section in (("efficiency", efficiency_section), ("accuracy", accuracy_section)):

@@ -55,6 +55,14 @@ def test_readme_results_table_is_the_generated_headline():
     )
 
 
+@pytest.mark.parametrize("page", [README, REPO / "docs" / "RESULTS.md"], ids=["README", "RESULTS"])
+def test_pages_link_each_budget_to_its_run_and_to_files_that_exist(page):
+    targets = [t for t in re.findall(r"\]\(([^)#]+)\)", page.read_text()) if "://" not in t]
+    assert any(t.endswith("accuracy.md") for t in targets), "the baselines table links each budget to its run's page"
+    missing = [t for t in targets if not (page.parent / t).exists()]
+    assert not missing, f"{page.name} links to missing files: {missing}"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (DEMO / "item_catalog.json").is_file(), reason="outputs/speeder-beauty: run `make demo` first")
 def test_quickstart_runs_against_the_demo_output(tmp_path):
