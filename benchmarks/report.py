@@ -53,6 +53,7 @@ FULL_BACKBONE_RUNS = {
     "full_backbone_943": "equal samples, 943",
     "full_backbone_equal_time": "equal training time",
     "full_backbone_mllm": "equal samples, 32",
+    "full_backbone_beauty": "equal samples, 256",
 }
 TITLE_BASELINES = ("llara", "text", "mllm")
 FULL_BACKBONE_METRICS = ("VHR@1", "ValidRatio", "HR@5", "NDCG@10", "MRR")
