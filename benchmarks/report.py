@@ -586,9 +586,10 @@ def baselines_headline(results_dir: Path, page_dir: Path) -> list[str]:
                     f"{constrained} |"
                 )
     first = next(iter(runs.values()))
+    results_page = Path(os.path.relpath(RESULTS_MD, page_dir)).as_posix()
     caption = (
         f"{first['backbone']}, measured on a {first['machine']['device']}; the first test users of one seeded order in "
-        "every run. Each budget links to its run's command and settings; all runs side by side: docs/RESULTS.md."
+        f"every run. Each budget links to its run's command and settings; all runs: [docs/RESULTS.md]({results_page})."
     )
     return lines + ["", *textwrap.wrap(caption, width=120, break_on_hyphens=False)]
 
